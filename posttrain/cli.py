@@ -1,0 +1,156 @@
+"""The ``posttrain`` command: a table of commands, each a config class and the stage function it runs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from posttrain.config import ConfigError, doc, field_docs, load_config
+
+
+@dataclass
+class MergeConfig:
+    model: str = doc("", "An adapter checkpoint folder to merge into its base model.")
+    output: str = doc("", "Folder for the standalone merged model.")
+
+
+@dataclass
+class AdaptersConfig:
+    model: str = doc("", "A checkpoint or model folder whose adapters to list.")
+
+
+def _merge(config: MergeConfig) -> None:
+    from posttrain.config import require
+    from posttrain.models import is_adapter_folder, merge_and_save
+
+    require(config, "model", "output")
+    if not is_adapter_folder(config.model):
+        raise ConfigError(f"{config.model} is not an adapter checkpoint (no adapter_config.json); nothing to merge.")
+    merge_and_save(config.model, config.output)
+    print(f"posttrain: merged model written to {config.output}")
+
+
+def _adapters(config: AdaptersConfig) -> None:
+    from posttrain.config import require
+    from posttrain.models import is_adapter_folder, read_metadata
+
+    require(config, "model")
+    import json
+    from pathlib import Path
+
+    root = Path(config.model)
+    found = [p for p in [root, *sorted(root.glob("*/"))] if is_adapter_folder(p)]
+    if not found:
+        print(f"{root}: no adapters")
+    for path in found:
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        meta = read_metadata(path) or read_metadata(root)
+        print(f"{path}: {adapter.get('peft_type')} r={adapter.get('r')} alpha={adapter.get('lora_alpha')} "
+              f"task={adapter.get('task_type')} stage={meta.get('stage', '?')} base={meta.get('base_model', adapter.get('base_model_name_or_path'))}")
+
+
+@dataclass
+class Command:
+    summary: str
+    config: Callable[[], type]
+    run: Callable[[], Callable[[Any], Any]]
+    positional: str | None = None  # a field that may be given without its flag
+
+
+def _lazy(module: str, name: str) -> Callable[[], Any]:
+    def load():
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command("supervised fine-tuning of a LoRA adapter", _lazy("posttrain.config", "SFTConfig"),
+                   _lazy("posttrain.stages.sft", "run_sft")),
+    "chat": Command("talk to a model or checkpoint", _lazy("posttrain.chat", "ChatConfig"),
+                    _lazy("posttrain.chat", "run_chat"), positional="model"),
+    "merge": Command("merge an adapter into its base and save a standalone model", lambda: MergeConfig,
+                     lambda: _merge, positional="model"),
+    "adapters": Command("list the adapters in a checkpoint folder", lambda: AdaptersConfig,
+                        lambda: _adapters, positional="model"),
+}
+
+
+def parse_flags(argv: list[str], positional: str | None) -> tuple[str | None, dict[str, Any]]:
+    """``--key value`` / ``--key=value`` / bare ``--flag`` (true) pairs; returns (config file, overrides)."""
+    overrides: dict[str, Any] = {}
+    config_file = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            if positional and positional not in overrides:
+                overrides[positional] = token
+                i += 1
+                continue
+            raise ConfigError(f"unexpected argument '{token}'; options are given as --key value.")
+        key, _, value = token[2:].partition("=")
+        if not _:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                i += 1
+            else:
+                value = "true"
+        if key == "config":
+            config_file = value
+        else:
+            overrides[key] = value
+        i += 1
+    return config_file, overrides
+
+
+def print_help(name: str | None = None) -> None:
+    if name is None:
+        print("usage: posttrain COMMAND [--config FILE] [--key value ...]\n\ncommands:")
+        for command, entry in COMMANDS.items():
+            print(f"  {command:<10} {entry.summary}")
+        print("\n`posttrain COMMAND --help` lists a command's options; dotted keys reach nested settings (--lora.r 8).")
+        return
+    entry = COMMANDS[name]
+    head = f" [{entry.positional.upper()}]" if entry.positional else ""
+    print(f"usage: posttrain {name}{head} [--config FILE] [--key value ...]\n\n{entry.summary}\n\noptions:")
+    for key, text, default in field_docs(entry.config()):
+        print(f"  --{key:<30} {text} (default: {default!r})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        print(f"posttrain: error: unknown command '{name}'." + (f" Did you mean '{close[0]}'?" if close else ""), file=sys.stderr)
+        return 2
+    if "--help" in rest or "-h" in rest:
+        print_help(name)
+        return 0
+    from posttrain.errors import USER_ERRORS
+
+    try:
+        entry = COMMANDS[name]
+        config_file, overrides = parse_flags(rest, entry.positional)
+        config = load_config(entry.config(), config_file, overrides)
+        entry.run()(config)
+    except USER_ERRORS as err:
+        print(f"posttrain: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("posttrain: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

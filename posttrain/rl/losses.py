@@ -1,0 +1,180 @@
+"""PPO policy and value losses, entropy bonus, and the pairwise reward-model loss.
+
+Each loss returns a NamedTuple: the differentiable `loss` first, then detached statistics
+that the training loop logs as they are.
+
+References:
+    Schulman et al., "Proximal Policy Optimization Algorithms" (2017),
+    https://arxiv.org/abs/1707.06347, eq. (7) (clipped surrogate).
+    Huang et al., "The N Implementation Details of RLHF with PPO" (2022),
+    https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/ (value clipping).
+    Ouyang et al., "Training language models to follow instructions with human feedback"
+    (2022), https://arxiv.org/abs/2203.02155, eq. (1) (pairwise reward-model loss).
+    J. Schulman, "Approximating KL Divergence" (2020), http://joschu.net/blog/kl-approx.html
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from posttrain.rl.kl import kl_penalty
+from posttrain.rl.masking import masked_mean, masked_var
+
+
+class PolicyLossOutput(NamedTuple):
+    """loss: () differentiable. clip_frac: () share of tokens where the clipped term was used.
+    approx_kl: () k3 estimate of KL(old || new). ratio_mean: () mean of pi_new / pi_old."""
+
+    loss: Tensor
+    clip_frac: Tensor
+    approx_kl: Tensor
+    ratio_mean: Tensor
+
+
+def ppo_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+) -> PolicyLossOutput:
+    """Clipped surrogate objective, as a loss to minimise:
+
+        ratio = exp(logprobs - old_logprobs)
+        loss  = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+
+    averaged over all unmasked tokens of the batch (token-level mean, as in the N details).
+
+    Args:
+        logprobs: (batch, response_len), current policy, with gradient.
+        old_logprobs: (batch, response_len), policy that sampled the rollout (detached).
+        advantages: (batch, response_len), detached.
+        mask: (batch, response_len) bool.
+        clip_eps: PPO clip range epsilon (0.2 in the N details).
+
+    Returns:
+        PolicyLossOutput(loss, clip_frac, approx_kl, ratio_mean), all ().
+    """
+    old_logprobs = old_logprobs.detach()
+    advantages = advantages.detach()
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped > unclipped).float(), mask)
+        # Samples came from the old policy, so KL(old || new) is estimated with old as "p".
+        approx_kl = masked_mean(kl_penalty(old_logprobs, logprobs.detach(), "k3"), mask)
+        ratio_mean = masked_mean(ratio.detach(), mask)
+    return PolicyLossOutput(
+        loss=loss, clip_frac=clip_frac, approx_kl=approx_kl, ratio_mean=ratio_mean
+    )
+
+
+class ValueLossOutput(NamedTuple):
+    """loss: () differentiable. clip_frac: () share of tokens where the clipped error was larger."""
+
+    loss: Tensor
+    clip_frac: Tensor
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps_value: float
+) -> ValueLossOutput:
+    """Clipped value loss (N details, "value function clipping"):
+
+        v_clipped = old_values + clip(values - old_values, -eps, eps)
+        loss      = 0.5 * mean_t max((values - R)^2, (v_clipped - R)^2)
+
+    Args:
+        values: (batch, response_len), current critic, with gradient.
+        old_values: (batch, response_len), critic values at rollout time (detached).
+        returns: (batch, response_len), `compute_gae(...).returns`.
+        mask: (batch, response_len) bool.
+        clip_eps_value: how far the new value may move from the old one (0.2 in the N details).
+
+    Returns:
+        ValueLossOutput(loss, clip_frac), both ().
+    """
+    old_values = old_values.detach()
+    returns = returns.detach()
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps_value, clip_eps_value)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped_error > unclipped_error).float(), mask)
+    return ValueLossOutput(loss=loss, clip_frac=clip_frac)
+
+
+class EntropyBonusOutput(NamedTuple):
+    """loss: () differentiable, -entropy_coef * mean entropy. entropy: () detached mean entropy."""
+
+    loss: Tensor
+    entropy: Tensor
+
+
+def entropy_bonus(entropy: Tensor, mask: Tensor, entropy_coef: float) -> EntropyBonusOutput:
+    """Entropy bonus to add to the policy loss; with entropy_coef = 0 it is only a statistic.
+
+    Args:
+        entropy: (batch, response_len), e.g. `entropy_from_logits(logits)`.
+        mask: (batch, response_len) bool.
+        entropy_coef: weight of the bonus.
+
+    Returns:
+        EntropyBonusOutput(loss, entropy), both ().
+    """
+    mean_entropy = masked_mean(entropy, mask)
+    return EntropyBonusOutput(loss=-entropy_coef * mean_entropy, entropy=mean_entropy.detach())
+
+
+@torch.no_grad()
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(R - V) / Var(R) over unmasked tokens: 1 is a perfect critic, 0 predicts the
+    mean, below 0 is worse than the mean. nan when the returns have no variance.
+
+    Args:
+        values: (batch, response_len).
+        returns: (batch, response_len).
+        mask: (batch, response_len) bool.
+
+    Returns:
+        () detached.
+    """
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_residual = masked_var(returns - values, mask, unbiased=False)
+    if var_returns == 0:
+        return torch.full_like(var_returns, float("nan"))
+    return 1.0 - var_residual / var_returns
+
+
+class PairwiseLossOutput(NamedTuple):
+    """loss: () differentiable. accuracy: () share of pairs with chosen > rejected (ties count
+    as wrong). reward_margin: () mean of chosen - rejected."""
+
+    loss: Tensor
+    accuracy: Tensor
+    reward_margin: Tensor
+
+
+def bradley_terry_loss(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
+) -> PairwiseLossOutput:
+    """Pairwise reward-model loss: -log sigmoid(r_chosen - r_rejected - margin), batch mean.
+
+    The margin (Llama 2 style) asks the reward gap to exceed it on pairs rated far apart.
+
+    Args:
+        chosen_rewards: (batch,) scalar rewards of the preferred responses.
+        rejected_rewards: (batch,) scalar rewards of the other responses.
+        margin: None, a float, or (batch,).
+
+    Returns:
+        PairwiseLossOutput(loss, accuracy, reward_margin), all ().
+    """
+    diff = chosen_rewards - rejected_rewards
+    logits = diff if margin is None else diff - margin
+    loss = -F.logsigmoid(logits).mean()
+    with torch.no_grad():
+        accuracy = (diff > 0).float().mean()
+        reward_margin = diff.detach().mean()
+    return PairwiseLossOutput(loss=loss, accuracy=accuracy, reward_margin=reward_margin)

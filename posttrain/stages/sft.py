@@ -1,0 +1,92 @@
+"""Supervised fine-tuning of a LoRA adapter on conversations, on TRL's SFTTrainer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from datasets import Dataset
+
+from posttrain.config import SFTConfig, require, to_dict
+from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
+from posttrain.stages.common import (
+    finished_checkpoint,
+    load_trainable,
+    log,
+    report_trainable,
+    resume_point,
+    save_stage_files,
+    trainer_kwargs,
+)
+
+
+def run_sft(config: SFTConfig) -> Path:
+    """Train an SFT adapter as ``config`` says; returns the checkpoint folder."""
+    import trl
+
+    require(config, "data", "output")
+    output = Path(config.output)
+    train = config.train
+
+    # 1. read and validate the data before any model is loaded
+    table = load_sft(config.data)
+    eval_table = load_sft(config.eval_data) if config.eval_data else None
+
+    # 2. model with a LoRA adapter, tokenizer with a chat template
+    model, tokenizer, base_name = load_trainable(config.model, config.lora)
+    params = report_trainable(model)
+
+    # 3. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
+    tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on)
+    rows = tokenised.rows
+    if eval_table is not None:
+        held = tokenise_sft(eval_table.rows, tokenizer, train.max_length, config.loss_on).rows
+    else:
+        rows, held = split_holdout(rows, train.eval_split, train.seed)
+    if tokenised.truncated or tokenised.dropped:
+        log(f"{tokenised.truncated} of {len(table)} rows were longer than train.max_length={train.max_length} and were cut; "
+            f"{tokenised.dropped} of them kept no assistant token and were left out. Raise --train.max_length to keep them.")
+    log(f"{len(rows)} training rows, {len(held)} held out")
+
+    args = trl.SFTConfig(
+        **trainer_kwargs(train, output, has_eval=bool(held)),
+        packing=config.packing,
+        padding_free=config.packing,
+        completion_only_loss=False,
+        assistant_only_loss=False,
+    )
+    recorder = MetricsRecorder()
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(held) if held else None,
+        processing_class=tokenizer,
+        callbacks=[recorder],
+    )
+
+    # 4. train
+    result = trainer.train(resume_from_checkpoint=resume_point(output, config.resume))
+    final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
+             "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
+    losses = [h["loss"] for h in recorder.history if "loss" in h]
+    if losses:
+        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    if held:
+        evaluation = trainer.evaluate()
+        recorder.history.append({"step": result.global_step, **evaluation})
+        final["eval_loss"] = evaluation["eval_loss"]
+        final["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
+
+    # 5. save: adapter, tokenizer, config, metrics, plot, model card
+    with finished_checkpoint(output) as folder:
+        trainer.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_metrics(folder, final, recorder.history)
+        plot = plot_curves(folder / "loss.png", recorder.history,
+                           [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
+        write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [])
+        save_stage_files(folder, "sft", config, base_name)
+    log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
+    return output
