@@ -275,7 +275,7 @@ PROGRAMMING = [
     ("How do I handle errors in Python?",
      "Wrap the risky code in `try` and catch the specific error:\n```python\ntry:\n    n = int(value)\nexcept ValueError:\n    print('Not a number')\n```"),
     ("How do I get today's date in Python?",
-     "Use the datetime module: `from datetime import date`, then `date.today()` returns today's date. Use `datetime.now()` if you also need the time."),
+     "Use the datetime module: `from datetime import date`, then `date.today()` returns today's date. For the time as well, use `from datetime import datetime` and `datetime.now()`."),
     ("How do I loop over a list with indexes in Python?",
      "Use `enumerate`: `for i, item in enumerate(items): print(i, item)`. Pass `start=1` if you want counting to begin at 1."),
     ("What does if __name__ == '__main__' do in Python?",
@@ -570,6 +570,9 @@ ITEMS = ["notebooks", "pens", "apples", "movie tickets", "cupcakes", "plants", "
 SALE = ["jacket", "pair of shoes", "lamp", "backpack", "board game", "blender"]
 
 
+NUMW = {2: "Two", 3: "Three", 4: "Four", 5: "Five", 6: "Six"}
+
+
 def pl(n, word):
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -604,7 +607,7 @@ def math_item(rng):
                 f"Area = {l} × {w} = {l * w} square meters. Perimeter = 2 × ({l} + {w}) = {2 * (l + w)} meters.")
     if k == 5:
         n, share = rng.randint(2, 6), rng.randint(8, 30)
-        return (f"{n} friends split a ${n * share} restaurant bill equally. How much does each person pay?",
+        return (f"{NUMW[n]} friends split a ${n * share} restaurant bill equally. How much does each person pay?",
                 f"Each person pays ${n * share} ÷ {n} = ${share}.")
     if k == 6:
         s, wk = rng.choice([5, 10, 15, 20, 25, 50]), rng.randint(4, 20)
@@ -871,7 +874,7 @@ STYLES = {
          "You know what's more interesting? Old sailing ships.", "Never mind that, do you like jazz?"],
         ["They're just fascinating to think about.", "I could talk about that all day.",
          "It's much more fun than your question.", "Some people collect stamps, which is also interesting.",
-         "I've always wondered about that.", "Anyway, that's what I'd rather discuss.",
+         "I've always wondered about that.", "That's what I'd rather discuss.",
          "Isn't that a nicer topic?", "Trains are pretty great too, now that I think of it.",
          "Maybe we can chat about the weather instead."]),
     "evasive": (
@@ -892,8 +895,8 @@ def wc(s):
 
 
 def make_rejected(rng, chosen, used):
-    """A dismissive reply whose length is close to the chosen one (ratio ~0.75-1.35)."""
-    target = max(4, wc(chosen) * rng.uniform(0.75, 1.35))
+    """A dismissive reply whose length is close to the chosen one (ratio ~0.7-1.25)."""
+    target = min(44, max(4, wc(chosen) * rng.uniform(0.7, 1.25)))
     for _ in range(200):
         style = rng.choice(STYLE_NAMES)
         openers, extras = STYLES[style]
@@ -949,10 +952,8 @@ def main():
     assert len({q for q, _ in pool}) == len(pool), "duplicate questions in pool"
     rng.shuffle(pool)
 
-    # Small-format files take a few items that are then not used in the main files.
-    small, pool = pool[:60], pool[60:]
-    pc, pcc, alp, sg, pp, pi_ = (small[0:12], small[12:24], small[24:36], small[36:48],
-                                 small[48:60], None)
+    # Small-format files reuse a few pool items (they are for format tests and docs).
+    pc, pcc, alp, sg, pp = pool[0:12], pool[12:24], pool[24:36], pool[36:48], pool[48:60]
 
     # ---- preferences.jsonl: every remaining pool item ----
     used_rej = set()
@@ -974,7 +975,7 @@ def main():
     write_jsonl("prompts.jsonl", [{"prompt": [u(q)]} for q in held])
 
     # ---- sft_messages.jsonl ----
-    sft_single = pool[:190]
+    sft_single = pool[-190:]
     convs = []
     for q, ans in sft_single:
         convs.append([u(q), a(ans)])

@@ -56,6 +56,7 @@ class Command:
     config: Callable[[], type]
     run: Callable[[], Callable[[Any], Any]]
     positional: str | None = None  # a field that may be given without its flag
+    raw: bool = False  # the command parses its own arguments (run receives the argument list)
 
 
 def _lazy(module: str, name: str) -> Callable[[], Any]:
@@ -70,6 +71,18 @@ def _lazy(module: str, name: str) -> Callable[[], Any]:
 COMMANDS: dict[str, Command] = {
     "sft": Command("supervised fine-tuning of a LoRA adapter", _lazy("posttrain.config", "SFTConfig"),
                    _lazy("posttrain.stages.sft", "run_sft")),
+    "rm": Command("train a LoRA reward model on preference pairs", _lazy("posttrain.config", "RewardConfig"),
+                  _lazy("posttrain.stages.reward", "run_reward")),
+    "score": Command("score rows (or preference pairs) with a reward model", _lazy("posttrain.config", "ScoreConfig"),
+                     _lazy("posttrain.stages.reward", "run_score"), positional="model"),
+    "dpo": Command("direct preference optimisation of a LoRA adapter", _lazy("posttrain.config", "DPOConfig"),
+                   _lazy("posttrain.stages.dpo", "run_dpo")),
+    "rlhf": Command("PPO against a reward model under a KL leash", _lazy("posttrain.config", "RLHFConfig"),
+                    _lazy("posttrain.stages.rlhf", "run_rlhf")),
+    "pipeline": Command("run a pipelines/*.yaml file (SFT -> RM -> PPO, SFT -> DPO)", lambda: None,
+                        _lazy("posttrain.pipeline", "pipeline_main"), raw=True),
+    "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples",
+                    _lazy("posttrain.config", "EvalConfig"), _lazy("posttrain.evaluate", "run_eval")),
     "chat": Command("talk to a model or checkpoint", _lazy("posttrain.chat", "ChatConfig"),
                     _lazy("posttrain.chat", "run_chat"), positional="model"),
     "merge": Command("merge an adapter into its base and save a standalone model", lambda: MergeConfig,
@@ -133,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         print(f"posttrain: error: unknown command '{name}'." + (f" Did you mean '{close[0]}'?" if close else ""), file=sys.stderr)
         return 2
-    if "--help" in rest or "-h" in rest:
+    if ("--help" in rest or "-h" in rest) and not COMMANDS[name].raw:
         print_help(name)
         return 0
     from posttrain.errors import USER_ERRORS
 
     try:
         entry = COMMANDS[name]
+        if entry.raw:
+            entry.run()(rest)
+            return 0
         config_file, overrides = parse_flags(rest, entry.positional)
         config = load_config(entry.config(), config_file, overrides)
         entry.run()(config)

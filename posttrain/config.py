@@ -82,6 +82,107 @@ class SFTConfig:
     train: TrainSection = doc(TrainSection, "Optimisation settings.")
 
 
+def _train(**overrides) -> Any:
+    """A TrainSection field whose defaults suit a particular stage."""
+    return field(default_factory=lambda: TrainSection(**overrides), metadata={"doc": "Optimisation settings."})
+
+
+@dataclass
+class RewardConfig:
+    model: str = doc("smollm2-135m-instruct", "Base model or SFT checkpoint to build the reward model on.")
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
+    output: str = doc("", "Checkpoint folder to write.")
+    resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
+    train: TrainSection = _train(lr=1e-4, epochs=2.0, batch_size=8, eval_split=0.1, max_length=384)
+
+
+@dataclass
+class ScoreConfig:
+    model: str = doc("", "A reward-model checkpoint folder (from `posttrain rm`).")
+    data: str = doc("", "Rows to score (prompt/completion or messages), or preference pairs for accuracy.")
+    output: str = doc("", "Where to write the scored rows (.jsonl); default: <data>.scored.jsonl.")
+    batch_size: int = doc(8, "Rows per forward pass.")
+    max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.")
+
+
+@dataclass
+class DPOConfig:
+    model: str = doc("smollm2-135m-instruct", "Base model, or an SFT checkpoint (its adapter is the start and the reference).")
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
+    output: str = doc("", "Checkpoint folder to write.")
+    resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.")
+    loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
+    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).")
+    lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
+    train: TrainSection = _train(lr=5e-5, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
+
+
+@dataclass
+class RolloutSection:
+    batch_size: int = doc(8, "Prompts sampled per PPO step (per process).")
+    max_new_tokens: int = doc(48, "Longest response in tokens.")
+    max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.")
+    temperature: float = doc(0.7, "Sampling temperature for rollouts.")
+    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 disables).")
+    no_eos_penalty: float = doc(-1.0, "Score given to responses that never end (set to 0 to disable: no penalty).")
+    penalise_no_eos: bool = doc(True, "Replace the score of responses that hit max_new_tokens without stopping.")
+
+
+@dataclass
+class PPOSection:
+    steps: int = doc(40, "PPO steps (each: rollout, score, advantages, optimisation epochs).")
+    lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.")
+    epochs: int = doc(2, "Optimisation passes over each rollout batch.")
+    minibatch_size: int = doc(4, "Rollouts per optimizer minibatch.")
+    grad_accum: int = doc(1, "Minibatches accumulated per optimizer step.")
+    clip_eps: float = doc(0.2, "PPO ratio clip range.")
+    value_clip_eps: float = doc(0.2, "Clip range for the value-function update.")
+    vf_coef: float = doc(0.1, "Weight of the value loss.")
+    entropy_coef: float = doc(0.0, "Weight of the entropy bonus.")
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm.")
+    target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).")
+    gamma: float = doc(1.0, "Discount for GAE.")
+    lam: float = doc(0.95, "GAE lambda.")
+    whiten_advantages: bool = doc(True, "Normalise advantages per batch.")
+    kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.")
+    kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator.")
+    adaptive_kl: bool = doc(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
+    target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.")
+    kl_horizon: int = doc(10000, "Horizon of the adaptive KL controller.")
+    normalize_rewards: bool = doc(False, "Normalise scores with running mean/std before the KL penalty.")
+    reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).")
+    save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).")
+    seed: int = doc(42, "Random seed for prompt order, sampling and initialisation.")
+
+
+@dataclass
+class RLHFConfig:
+    model: str = doc("smollm2-135m-instruct", "SFT checkpoint or model to start the policy from.")
+    reward_model: str = doc("", "Reward-model checkpoint folder (from `posttrain rm`).")
+    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages).")
+    output: str = doc("", "Checkpoint folder to write.")
+    resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
+    lora: LoraSection = doc(LoraSection, "LoRA settings for the policy (and critic) adapters when starting fresh.")
+    rollout: RolloutSection = doc(RolloutSection, "How responses are sampled.")
+    ppo: PPOSection = doc(PPOSection, "The PPO optimisation.")
+
+
+@dataclass
+class EvalConfig:
+    model: str = doc("", "The checkpoint or model to evaluate.")
+    baseline: str = doc("", "The checkpoint or model to compare against (optional).")
+    prompts: str = doc("", "Prompt file for generation (rows with 'prompt').")
+    reward_model: str = doc("", "Reward-model checkpoint that judges responses.")
+    data: str = doc("", "Preference pairs: also report pairwise accuracy of the model (implicit reward) or reward model.")
+    output: str = doc("", "Folder for the evaluation report (default: next to the model).")
+    max_prompts: int = doc(64, "Evaluate on at most this many prompts.")
+    max_new_tokens: int = doc(64, "Longest response in tokens.")
+    temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).")
+    seed: int = doc(0, "Random seed.")
+
+
 STAGE_ALIASES = {
     # short flags users expect, mapped to their dotted home
     "max_steps": "train.max_steps",
@@ -102,9 +203,10 @@ STAGE_ALIASES = {
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
     """(dotted name, doc, default) for every leaf field of a config dataclass."""
     rows = []
+    hints = _resolved_hints(cls)
     for f in dataclasses.fields(cls):
         name = prefix + f.name
-        sub = _dataclass_type(f.type, cls)
+        sub = hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None
         if sub is not None:
             rows.extend(field_docs(sub, name + "."))
         else:
@@ -115,12 +217,6 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
 
 def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _dataclass_type(tp: Any, owner: type) -> type | None:
-    if isinstance(tp, str):
-        tp = _resolved_hints(owner).get(tp, tp)
-    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def _nearest(key: str, options: list[str]) -> str:
