@@ -32,10 +32,10 @@ def build_tiny_model(folder: Path, tokenizer, seed: int = 0, chat_template: bool
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
-    if not chat_template:
-        tokenizer = type(tokenizer).from_pretrained(folder) if False else tokenizer
-        tokenizer.chat_template = None
     tokenizer.save_pretrained(folder)
+    if not chat_template:  # a base model as many ship: no chat template saved with the tokenizer
+        for name in ("chat_template.jinja", "chat_template.json"):
+            (folder / name).unlink(missing_ok=True)
     return folder
 
 
