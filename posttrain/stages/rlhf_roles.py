@@ -1,0 +1,250 @@
+"""Every PPO role on one copy of the base weights.
+
+    policy     LoRA adapter "policy" (from the SFT adapter when given one), trainable
+    reference  the starting policy, frozen: a frozen copy "reference" of the SFT adapter, or adapters off
+    critic     LoRA adapter "critic" + a value head, both initialised from the reward model, trainable
+    reward     LoRA adapter "reward" + the reward head, frozen
+
+The base model is loaded once; a forward pass for a role switches the active adapter. Heads read the
+transformer body's last hidden state, so no role pays for the vocabulary projection it does not use.
+If the reward model was trained on a different base, it is loaded separately and scored from text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from posttrain.config import LoraSection, RLHFConfig
+from posttrain.models import (
+    adapter_base,
+    default_device,
+    is_adapter_folder,
+    load_base_model,
+    load_tokenizer,
+    lora_config,
+    match_vocab,
+    prepare_tokenizer,
+    read_metadata,
+    resolve_model,
+    stop_token_ids,
+)
+from posttrain.rl import logprobs_from_logits, entropy_from_logits
+from posttrain.stages.common import StageError, log
+
+POLICY, REFERENCE, CRITIC, REWARD = "policy", "reference", "critic", "reward"
+
+
+def load_lora_weights(model, folder: Path, name: str, trainable: bool) -> None:
+    """Add the LoRA weights saved in ``folder`` to ``model`` as adapter ``name``.
+
+    Works across task types: the LoRA matrices of a sequence-classification reward model land on the
+    same transformer layers of a causal-LM PeftModel; heads are loaded separately.
+    """
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    config = LoraConfig(
+        r=saved["r"], lora_alpha=saved["lora_alpha"], lora_dropout=0.0, target_modules=saved["target_modules"],
+        bias=saved.get("bias", "none"), use_rslora=saved.get("use_rslora", False), task_type="CAUSAL_LM",
+    )
+    model.add_adapter(name, config)
+    state = {k: v for k, v in load_file(str(folder / "adapter_model.safetensors")).items() if "lora_" in k}
+    result = set_peft_model_state_dict(model, state, adapter_name=name)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise StageError(f"{folder}: {len(missing)} LoRA tensors do not fit the model (e.g. {missing[0]}); "
+                         "was it trained on a different base model?")
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(trainable)
+
+
+def load_head(folder: Path, hidden_size: int) -> nn.Linear:
+    """The scalar head a reward-model checkpoint saved in reward_head.safetensors."""
+    from safetensors.torch import load_file
+
+    file = folder / "reward_head.safetensors"
+    if not file.is_file():
+        raise StageError(f"{folder} has no reward_head.safetensors: is it a reward-model checkpoint from `posttrain rm`?")
+    state = load_file(str(file))
+    head = nn.Linear(hidden_size, 1, bias="bias" in state)
+    if state["weight"].shape != head.weight.shape:
+        raise StageError(f"{folder}: the reward head has shape {tuple(state['weight'].shape)}, the policy's hidden size is {hidden_size}; "
+                         "the reward model was trained on a different base.")
+    head.load_state_dict(state)
+    return head.float()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Roles(nn.Module):
+    """The shared base with its adapters and heads; the trainable parts are the policy, critic and value head."""
+
+    def __init__(self, config: RLHFConfig, device: torch.device | None = None):
+        super().__init__()
+        from peft import PeftModel, get_peft_model
+
+        self.device = device or default_device()
+        model_name = config.model
+        rm_folder = Path(config.reward_model)
+        if not is_adapter_folder(rm_folder) or read_metadata(rm_folder).get("stage") not in ("rm", "reward"):
+            raise StageError(f"--reward-model {rm_folder} is not a reward-model checkpoint (run `posttrain rm` to make one).")
+
+        # 1. the base model, once, and the policy adapter on it
+        if is_adapter_folder(model_name):
+            self.base_name = adapter_base(model_name)
+            from transformers import AutoTokenizer
+
+            self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_name))
+            base = load_base_model(self.base_name, dtype=torch.float32, device=self.device)
+            match_vocab(base, self.tokenizer)
+            model = PeftModel.from_pretrained(base, model_name, adapter_name=POLICY, is_trainable=True)
+            load_lora_weights(model, Path(model_name), REFERENCE, trainable=False)
+            self.reference_adapter = REFERENCE
+            log(f"policy and reference start from the adapter in {model_name}")
+        else:
+            self.base_name = model_name
+            self.tokenizer = load_tokenizer(model_name)
+            base = load_base_model(model_name, dtype=torch.float32, device=self.device)
+            new_ids = match_vocab(base, self.tokenizer)
+            lora = LoraSection(**{**vars(config.lora), "dropout": 0.0})
+            model = get_peft_model(base, lora_config(lora, new_token_ids=new_ids), adapter_name=POLICY)
+            self.reference_adapter = None  # adapters off
+            log("policy is a fresh LoRA adapter; the reference is the base model (adapters off)")
+        self.model = model
+        hidden = model.get_base_model().config.hidden_size
+
+        # 2. reward model and critic: on the shared base when the reward model was trained on it
+        self.separate_reward = None
+        rm_base = adapter_base(rm_folder)
+        if _same_base(rm_base, self.base_name):
+            self._check_tokenizer(rm_folder)
+            load_lora_weights(model, rm_folder, REWARD, trainable=False)
+            self.reward_head = load_head(rm_folder, hidden).to(self.device).requires_grad_(False)
+            load_lora_weights(model, rm_folder, CRITIC, trainable=True)
+            self.value_head = load_head(rm_folder, hidden).to(self.device)
+            log(f"reward model and critic share the base weights (adapters '{REWARD}', '{CRITIC}' from {rm_folder})")
+        else:
+            from posttrain.stages.reward import load_reward_model
+
+            log(f"the reward model was trained on {rm_base}, not {self.base_name}: loading it separately (a second "
+                "copy of weights) and scoring responses from text")
+            self.separate_reward = load_reward_model(rm_folder, device=self.device)
+            critic_lora = LoraSection(**{**vars(config.lora), "dropout": 0.0})
+            model.add_adapter(CRITIC, lora_config(critic_lora))
+            self.value_head = nn.Linear(hidden, 1).to(self.device)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+            self.reward_head = None
+        self._lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n or "trainable_tokens" in n]
+        self._restore_trainable()
+        self.model.eval()  # no dropout anywhere: rollout and training log-probs must agree
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.reward_suffix = _template_suffix(self.tokenizer)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_tokenizer(self, rm_folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        rm_tokenizer = AutoTokenizer.from_pretrained(rm_folder)
+        if rm_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise StageError(f"the reward model in {rm_folder} uses a different tokenizer ({len(rm_tokenizer)} tokens) from the "
+                             f"policy ({len(self.tokenizer)} tokens) on the same base; train the reward model from the same "
+                             "base or SFT checkpoint as the policy.")
+
+    @contextlib.contextmanager
+    def role(self, name: str | None) -> Iterator[None]:
+        """Run the block with adapter ``name`` active (None: adapters off)."""
+        if name is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(name)
+            self._restore_trainable()
+            yield
+
+    def _restore_trainable(self) -> None:
+        """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
+        graph built before the critic's turn; trainability is ours to keep: policy and critic, nothing else."""
+        for param_name, param in self._lora_params:
+            param.requires_grad_(f".{POLICY}." in param_name or f".{CRITIC}." in param_name)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for n, p in self.model.named_parameters() if f".{POLICY}." in n or f".{CRITIC}." in n]
+        return params + list(self.value_head.parameters())
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        body = self.model.get_base_model().base_model
+        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
+        return out.last_hidden_state
+
+    # -- the role forwards -------------------------------------------------------------------------
+
+    def policy_logprobs(self, role: str | None, input_ids, attention_mask, context_len: int, temperature: float,
+                        with_entropy: bool = False):
+        """Log-probs (batch, response_len) of the response tokens under ``role`` (policy or reference)."""
+        with self.role(role):
+            hidden = self._hidden(input_ids, attention_mask)[:, context_len - 1:-1]
+            logits = self.model.get_base_model().get_output_embeddings()(hidden).float() / temperature
+        logprobs = logprobs_from_logits(logits, input_ids[:, context_len:])
+        return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+    def values(self, input_ids, attention_mask, context_len: int) -> torch.Tensor:
+        """Critic values (batch, response_len): V of the state before each response token."""
+        with self.role(CRITIC):
+            hidden = self._hidden(input_ids, attention_mask)[:, context_len - 1:-1]
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def scores(self, query, query_mask, response, lengths, prompts_text=None) -> torch.Tensor:
+        """Reward-model score (batch,) of each prompt+response at its last token."""
+        if self.separate_reward is not None:
+            texts = [self.tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(response, lengths.tolist())]
+            return torch.tensor(self.separate_reward.score(prompts_text, texts), device=self.device)
+        rows, ends = [], []
+        for q, m, r, n in zip(query, query_mask, response, lengths.tolist()):
+            ids = torch.cat([q[m.bool()], r[:n], self.reward_suffix.to(r.device)])
+            rows.append(ids)
+            ends.append(len(ids) - 1)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        with self.role(REWARD):
+            hidden = self._hidden(ids, mask)
+        last = hidden[torch.arange(len(rows), device=self.device), torch.tensor(ends, device=self.device)]
+        return self.reward_head(last.float()).squeeze(-1)
+
+
+def _same_base(a: str, b: str) -> bool:
+    try:
+        return Path(resolve_model(a)).resolve() == Path(resolve_model(b)).resolve()
+    except Exception:  # noqa: BLE001 - unresolvable names compare as given
+        return a == b
+
+
+def _template_suffix(tokenizer) -> torch.Tensor:
+    """Tokens the chat template puts after an assistant turn's end token (ChatML: a newline).
+
+    The reward model was trained on template-rendered conversations, so it is scored on the same tail.
+    """
+    probe = "PROBE-7f3a"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": probe}], tokenize=False)
+    tail = text[text.rindex(probe) + len(probe):]
+    for stop in ("<|im_end|>", tokenizer.eos_token or ""):
+        if stop and tail.startswith(stop):
+            tail = tail[len(stop):]
+            break
+    return torch.tensor(tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else [], dtype=torch.long)

@@ -1,0 +1,188 @@
+"""PPO stage on tiny models: what moves, what stays frozen, the first step, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.config import ConfigError, RLHFConfig, load_config
+from posttrain.data import DataError
+from posttrain.stages.common import StageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_tiny_reward_model(folder: Path, base_dir: Path, seed: int = 1) -> Path:
+    """A reward-model checkpoint in the layout `posttrain rm` writes: a SEQ_CLS LoRA adapter with the head in
+    modules_to_save, reward_head.safetensors, the tokenizer and posttrain.json."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from posttrain.models import write_metadata
+
+    torch.manual_seed(seed)
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)  # a reward adapter that is not the identity
+    model.save_pretrained(folder)
+    score = model.base_model.model.score
+    head = score.modules_to_save["default"] if hasattr(score, "modules_to_save") else score
+    save_file({"weight": head.weight.detach().clone().contiguous()}, str(folder / "reward_head.safetensors"))
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
+    write_metadata(folder, stage="rm", base_model=str(base_dir))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, tiny_model_dir):
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    questions = ["Name a fruit.", "What is two plus two?", "Say hello.", "Pick a colour.", "Count to three.",
+                 "What is the capital of France?", "Give me a word.", "How are you?"]
+    path.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": q}]}) for q in questions) + "\n")
+    return path
+
+
+def ppo_config(model, rm, prompts, output, **overrides) -> RLHFConfig:
+    values = {"model": str(model), "reward_model": str(rm), "prompts": str(prompts), "output": str(output),
+              "rollout.batch_size": 4, "rollout.max_new_tokens": 6, "ppo.minibatch_size": 2, "ppo.steps": 2,
+              "ppo.epochs": 1, "ppo.save_steps": 0, "ppo.lr": 1e-3, "lora.r": 4, "lora.alpha": 8}
+    values.update(overrides)
+    return load_config(RLHFConfig, None, values)
+
+
+def adapter_state(roles, name):
+    return {n: p.detach().clone() for n, p in roles.model.named_parameters() if f".{name}." in n}
+
+
+def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    from posttrain.stages.rlhf import run_rlhf
+    from posttrain.stages.rlhf_roles import Roles
+
+    config = ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{"ppo.steps": 3})
+    torch.manual_seed(config.ppo.seed)  # run_rlhf seeds the same way, so the fresh policy adapter starts identical
+    start = Roles(config)
+    before = {name: adapter_state(start, name) for name in ("policy", "critic", "reward")}
+    before["base"] = {n: p.detach().clone() for n, p in start.model.named_parameters() if "lora_" not in n}
+    before["value_head"] = start.value_head.weight.detach().clone()
+    del start
+
+    snapshots = {}
+
+    def on_step(roles, record):
+        snapshots["last"] = {name: adapter_state(roles, name) for name in ("policy", "critic", "reward")}
+        snapshots["last"]["base"] = {n: p.detach().clone() for n, p in roles.model.named_parameters() if "lora_" not in n}
+        snapshots["last"]["value_head"] = roles.value_head.weight.detach().clone()
+
+    run_rlhf(config, on_step=on_step)
+    after = snapshots["last"]
+    assert any(not torch.equal(before["policy"][k], after["policy"][k]) for k in before["policy"]), "policy did not train"
+    assert any(not torch.equal(before["critic"][k], after["critic"][k]) for k in before["critic"]), "critic did not train"
+    assert not torch.equal(before["value_head"], after["value_head"]), "value head did not train"
+    assert all(torch.equal(before["reward"][k], after["reward"][k]) for k in before["reward"]), "reward adapter changed"
+    assert all(torch.equal(before["base"][k], after["base"][k]) for k in before["base"]), "base weights changed"
+    # the critic starts as a copy of the reward model
+    for key, value in before["critic"].items():
+        assert torch.equal(value, before["reward"][key.replace(".critic.", ".reward.")])
+    # the output is a chat checkpoint: a plain adapter folder with metrics, plots and samples
+    out = tmp_path / "ppo"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "ppo.png", "samples.md", "posttrain.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    for key in ("reward_mean", "kl", "beta", "entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance",
+                "response_length", "hit_length_limit"):
+        assert key in history[0], key
+
+
+def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """At step 1 the policy is the reference and the rollout policy: KL is 0 and the ratio is 1 before any update.
+
+    One epoch with one minibatch means the ratio is measured before the only optimizer step of the step."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    records = []
+    config = ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo",
+                        **{"ppo.steps": 1, "ppo.minibatch_size": 4})
+    run_rlhf(config, on_step=lambda roles, record: records.append(record))
+    assert records[0]["kl"] == 0.0
+    assert records[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert records[0]["clip_frac"] == 0.0
+    assert records[0]["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_policy_from_sft_adapter_keeps_a_frozen_reference_copy(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """Starting from an SFT adapter: the reference is a frozen copy of it, so KL is 0 at the first step."""
+    from posttrain.config import SFTConfig
+    from posttrain.stages.rlhf import run_rlhf
+    from posttrain.stages.sft import run_sft
+
+    sft_dir = run_sft(load_config(SFTConfig, None, {
+        "model": str(tiny_model_dir), "data": str(REPO / "data_samples/sft_messages.jsonl"),
+        "output": str(tmp_path / "sft"), "max_steps": 2, "lr": 1e-2, "lora.r": 4, "max_length": 64}))
+    records, references = [], []
+
+    def on_step(roles, record):
+        records.append(record)
+        references.append(adapter_state(roles, "reference"))
+
+    run_rlhf(ppo_config(sft_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{"ppo.minibatch_size": 4}), on_step=on_step)
+    assert records[0]["kl"] == 0.0
+    assert records[1]["kl"] != 0.0  # the policy moved away from the frozen reference
+    assert all(torch.equal(references[0][k], references[1][k]) for k in references[0])
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from posttrain.stages.rlhf import run_rlhf
+
+    settings = {"ppo.steps": 4, "ppo.save_steps": 2, "ppo.epochs": 2, "ppo.adaptive_kl": True, "ppo.normalize_rewards": True}
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "straight", **settings))
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "killed", **settings), halt_after_step=3)
+    # the halted run left checkpoints but no finished output
+    assert not (tmp_path / "killed" / "posttrain.json").exists()
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "killed", **settings, resume=True))
+    straight = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "adapter_model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    assert [h["reward_mean"] for h in a] == [h["reward_mean"] for h in b]
+
+
+def test_bad_inputs_give_clear_errors(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    from posttrain.stages.rlhf import run_rlhf
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, empty, tmp_path / "a"))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "b", **{"rollout.max_new_tokens": 0}))
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "c", **{"ppo.minibatch_size": 3}))
+    with pytest.raises(StageError, match="not a reward-model checkpoint"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_model_dir, prompts_file, tmp_path / "d"))
+    # a reward model whose tokenizer differs from the policy's on the same base
+    mismatched = build_tiny_reward_model(tmp_path / "rm-mismatched", tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(mismatched)
+    tokenizer.add_tokens(["<extra-token>"])
+    tokenizer.save_pretrained(mismatched)
+    with pytest.raises(StageError, match="different tokenizer"):
+        run_rlhf(ppo_config(tiny_model_dir, mismatched, prompts_file, tmp_path / "e"))
