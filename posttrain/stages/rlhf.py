@@ -98,9 +98,10 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     prompts = load_prompts(config.prompts).rows  # validated before any model loads
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
-    torch.manual_seed(ppo.seed + rank)
+    torch.manual_seed(ppo.seed)  # every process builds identical fresh adapters
 
     roles = Roles(config, device=accelerator.device)
+    torch.manual_seed(ppo.seed + rank)  # and samples its own rollouts
     tokenizer = roles.tokenizer
     params = roles.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=ppo.lr, eps=1e-5)

@@ -186,3 +186,22 @@ def test_bad_inputs_give_clear_errors(tiny_model_dir, tiny_rm, prompts_file, tmp
     tokenizer.save_pretrained(mismatched)
     with pytest.raises(StageError, match="different tokenizer"):
         run_rlhf(ppo_config(tiny_model_dir, mismatched, prompts_file, tmp_path / "e"))
+
+
+def test_two_processes_shard_rollouts_and_all_reduce_gradients(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """2 CPU processes (gloo): each samples different prompts, and both end with the same policy weights."""
+    import os
+    import subprocess
+    import sys
+
+    output = tmp_path / "two"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ppo_two_processes.py")),
+               str(tiny_model_dir), str(tiny_rm), str(prompts_file), str(output)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((output / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["policy"] == ranks[1]["policy"]
+    assert ranks[0]["prompts"] != ranks[1]["prompts"]
+    assert (output / "posttrain.json").is_file()
