@@ -1,0 +1,164 @@
+"""Benchmark: posttrain's PPO against trl 1.12.0's experimental PPOTrainer, on the same model, prompts,
+batch size and lengths, interleaved in one session.
+
+    python bench/ppo_vs_trl.py                      # default model, 4 PPO steps per run, 2 rounds
+    python bench/ppo_vs_trl.py --steps 6 --rounds 3
+
+trl 1.12.0 (the last release with PPO) is installed by this script into its own virtualenv
+(bench/.venv-trl112) with the same torch. Each run is a separate process, so its peak resident memory
+(ru_maxrss) is its own. Runs are interleaved (ours, trl full, trl peft, ours, ...) so machine noise
+hits all three alike. The first PPO step of each run is warm-up and is not counted.
+Writes bench/results/ppo_vs_trl.json and prints a table of medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TRL_VENV = HERE / ".venv-trl112"
+
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl.experimental.ppo"], capture_output=True).returncode == 0:
+        return python
+    print(f"installing trl 1.12.0 into {TRL_VENV} (once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    import torch
+
+    subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}"], check=True)
+    subprocess.run(pip + ["trl==1.12.0", "transformers>=5,<6", "peft", "accelerate", "datasets"], check=True)
+    return python
+
+
+def ours_worker(args) -> None:
+    """One run of posttrain's PPO in this process; prints the RESULT line."""
+    import torch
+
+    from posttrain.config import RLHFConfig, load_config
+    from posttrain.stages.rlhf import run_rlhf
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seconds = []
+    config = load_config(RLHFConfig, None, {
+        "model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file,
+        "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
+        "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
+        "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r})
+    lengths = []
+    run_rlhf(config, on_step=lambda roles, record: (seconds.append(record["step_seconds"]), lengths.append(record["response_length"])))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak, "response_length": lengths}))
+
+
+def run(command: list[str], env: dict) -> dict:
+    started = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"benchmark run failed: {' '.join(command)}\n{result.stderr[-4000:]}")
+    out = json.loads(lines[-1][len("RESULT "):])
+    out["wall_seconds"] = time.time() - started
+    return out
+
+
+def default_reward_model(model: str) -> str:
+    """A reward-model checkpoint to score with: runs/rm-default when the README's `posttrain rm` made one,
+    else a 2-step one made here (its scores do not matter for timing)."""
+    made = REPO / "runs" / "rm-default"
+    if (made / "posttrain.json").is_file():
+        return str(made)
+    folder = HERE / "results" / "rm-2-steps"
+    if not (folder / "posttrain.json").is_file():
+        from posttrain.config import RewardConfig, load_config
+        from posttrain.stages.reward import run_reward
+
+        run_reward(load_config(RewardConfig, None, {"model": model, "data": str(REPO / "data_samples/preferences.jsonl"),
+                                                     "output": str(folder), "max_steps": 2, "train.eval_split": 0.05}))
+    return str(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--reward-model", default="")
+    parser.add_argument("--steps", type=int, default=4, help="PPO steps per run (the first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--minibatches", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    parser.add_argument("--impls", default="posttrain,trl-full,trl-peft")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts-file", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "ours":
+        return ours_worker(args)
+
+    from posttrain.data import load_prompts
+    from posttrain.models import resolve_model
+
+    model_dir = resolve_model(args.model)
+    prompts = [row["prompt"] for row in load_prompts(REPO / "data_samples/prompts.jsonl").rows]
+    prompts = (prompts * 4)[: args.batch_size * args.steps]
+    scratch = Path(tempfile.mkdtemp())
+    (scratch / "prompts.json").write_text(json.dumps(prompts))
+    (scratch / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts) + "\n")
+    reward_model = args.reward_model or default_reward_model(args.model)
+    trl_python = ensure_trl_venv() if any(i.startswith("trl") for i in args.impls.split(",")) else None
+    common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--minibatches", str(args.minibatches),
+              "--epochs", str(args.epochs), "--response-length", str(args.response_length), "--lora-r", str(args.lora_r),
+              "--threads", str(args.threads)]
+    commands = {
+        "posttrain": [sys.executable, __file__, "--worker", "ours", "--model", model_dir, "--reward-model", reward_model,
+                      "--prompts-file", str(scratch / "prompts.jsonl"), *common],
+        "trl-full": [str(trl_python), str(HERE / "trl_ppo_worker.py"), "--model", model_dir, "--prompts", str(scratch / "prompts.json"),
+                     "--layout", "full", *common],
+        "trl-peft": [str(trl_python), str(HERE / "trl_ppo_worker.py"), "--model", model_dir, "--prompts", str(scratch / "prompts.json"),
+                     "--layout", "peft", *common],
+    }
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    results: dict[str, list[dict]] = {name: [] for name in args.impls.split(",")}
+    for round_number in range(args.rounds):
+        for name in results:
+            print(f"round {round_number + 1}/{args.rounds}: {name} ...", flush=True)
+            results[name].append(run(commands[name], env))
+            print(f"  {results[name][-1]['step_seconds']}", flush=True)
+
+    summary = {}
+    for name, runs in results.items():
+        steps = [s for r in runs for s in r["step_seconds"][1:]]  # drop each run's warm-up step
+        summary[name] = {"median_step_seconds": statistics.median(steps), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                         "runs": runs}
+    print(f"\nPPO step on {args.model}: batch {args.batch_size}, {args.response_length} new tokens, "
+          f"{args.epochs} epochs x {args.minibatches} minibatches, LoRA r={args.lora_r}, {args.rounds} interleaved rounds")
+    print(f"{'implementation':<16}{'s/step':>10}{'peak MiB':>12}{'time ratio':>12}{'memory ratio':>14}")
+    ours = summary.get("posttrain")
+    for name, s in summary.items():
+        time_ratio = ours["median_step_seconds"] / s["median_step_seconds"] if ours else float("nan")
+        mem_ratio = ours["peak_rss_mib"] / s["peak_rss_mib"] if ours else float("nan")
+        s["posttrain_time_ratio"], s["posttrain_memory_ratio"] = time_ratio, mem_ratio
+        print(f"{name:<16}{s['median_step_seconds']:>10.2f}{s['peak_rss_mib']:>12.0f}{time_ratio:>12.2f}{mem_ratio:>14.2f}")
+    out = HERE / "results" / "ppo_vs_trl.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "summary": summary}, indent=2) + "\n")
+    print(f"\nratios are posttrain / that implementation (lower is better); written to {out}")
+
+
+if __name__ == "__main__":
+    main()
