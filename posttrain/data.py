@@ -95,8 +95,11 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
                     raise DataError(source, f"line {number}", "each line must be a JSON object.", formats)
                 rows.append(Row(value, f"line {number}"))
     elif path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise DataError(source, None, "the dataset is empty.", formats)
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            value = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(source, f"line {err.lineno}", f"not valid JSON ({err.msg}).", formats) from None
         if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
@@ -179,7 +182,9 @@ def sft_example(row: Row, source: str) -> dict[str, Any]:
                 raise DataError(source, where, f"field 'conversations[{i}]' must have 'from' and 'value'.", formats)
             if turn["from"] not in SHAREGPT_ROLES:
                 raise DataError(source, where, f"field 'conversations[{i}].from' is '{turn['from']}', an unknown role; use one of {', '.join(SHAREGPT_ROLES)}.", formats)
-            converted.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+            role = SHAREGPT_ROLES[turn["from"]]
+            value = _text(turn["value"], source, where, f"conversations[{i}].value", formats, allow_empty=role != "assistant")
+            converted.append({"role": role, "content": value})
         return sft_example(Row({"messages": converted}, where), source)
     if "instruction" in data or "output" in data:
         for name in ("instruction", "output"):
@@ -319,6 +324,38 @@ def render_prompt(tokenizer, prompt: list[dict[str, str]] | str) -> str:
     if isinstance(prompt, str):
         return prompt
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str) -> str:
+    """Prompt and response as one text, as a reward model or DPO reads them.
+
+    A conversational prompt gets the chat template over prompt + response (a string response becomes one
+    assistant turn); a plain-text prompt and response are joined as they are.
+    """
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt + response
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    messages += [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def encode_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str,
+                    plain_suffix: str = "") -> list[int]:
+    """Token ids of :func:`render_response`; ``plain_suffix`` (e.g. EOS) ends plain-text responses.
+
+    Rendered chat text already holds the template's special tokens; plain text gets the tokenizer's own (a BOS).
+    """
+    plain = isinstance(prompt, str) and isinstance(response, str)
+    text = render_response(tokenizer, prompt, response) + (plain_suffix if plain else "")
+    return tokenizer(text, add_special_tokens=plain)["input_ids"]
+
+
+def count_over_length(examples: list[dict[str, Any]], tokenizer, max_length: int, plain_suffix: str = "") -> int:
+    """Preference pairs whose prompt + chosen or prompt + rejected runs past ``max_length`` tokens."""
+    return sum(
+        1 for e in examples
+        if max(len(encode_response(tokenizer, e["prompt"], e[side], plain_suffix)) for side in ("chosen", "rejected")) > max_length
+    )
 
 
 def _segments(tokenizer, messages: list[dict[str, str]]) -> Iterable[tuple[str, bool]]:

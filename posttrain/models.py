@@ -175,6 +175,9 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     path = resolve_model(name)
+    if Path(path).is_dir() and not any(Path(path, f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ModelError(f"{name} has no tokenizer (no tokenizer.json or tokenizer_config.json); save the model's "
+                         "tokenizer into the folder with tokenizer.save_pretrained, or pass merge_and_save(tokenizer=...).")
     with _hub_errors(path):
         tokenizer = AutoTokenizer.from_pretrained(path)
     return prepare_tokenizer(tokenizer)
@@ -241,7 +244,10 @@ def load_for_inference(name: str, device: torch.device | None = None, dtype: tor
     device = device or default_device()
     if is_adapter_folder(name):
         base_name = adapter_base(name)
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(name))
+        if (Path(name) / "tokenizer_config.json").is_file():
+            tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(name))
+        else:  # an adapter saved by peft alone carries no tokenizer: use its base model's
+            tokenizer = load_tokenizer(base_name)
         base = load_base_model(base_name, dtype=dtype, device=device)
         match_vocab(base, tokenizer)
         model = PeftModel.from_pretrained(base, name)
@@ -270,6 +276,19 @@ def lora_config(lora: LoraSection, task_type: str = "CAUSAL_LM", new_token_ids: 
         kwargs["trainable_token_indices"] = {"embed_tokens": new_token_ids}
     kwargs.update(extra)
     return LoraConfig(**kwargs)
+
+
+def expose_head_bias(model: torch.nn.Module) -> None:
+    """Let code that reads ``lm_head.weight`` and ``lm_head.bias`` directly (TRL's fused LM head) see a head
+    wrapped by peft's trainable tokens (new ChatML tokens on a tied head).
+
+    The wrapper forwards ``.weight`` (merged with the trained rows) but not ``.bias``, which fails the fused loss.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper) and "bias" not in head.__dict__:
+        head.__dict__["bias"] = getattr(head.original_module, "bias", None)
 
 
 def attach_adapter(

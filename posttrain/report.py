@@ -16,6 +16,12 @@ class MetricsRecorder(TrainerCallback):
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed run starts from the checkpoint's state: keep the steps it logged before the cut
+        if not self.history:
+            self.history = [{"step": h.get("step", 0), **{k: v for k, v in h.items() if _is_number(v) and k != "step"}}
+                            for h in state.log_history]
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.history.append({"step": state.global_step, **{k: v for k, v in logs.items() if _is_number(v)}})
@@ -92,6 +98,28 @@ def plot_histograms(path: str | Path, groups: dict[str, list[float]], title: str
     return Path(path)
 
 
+def plot_scatter(path: str | Path, groups: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
+                 ylabel: str) -> Path:
+    """One scatter PNG with a colour per group of (x values, y values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, (xs, ys) in groups.items():
+        ax.scatter(xs, ys, s=10, alpha=0.6, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -99,8 +127,12 @@ def _format(value: Any) -> str:
 
 
 def write_model_card(folder: str | Path, stage: str, base_model: str, data: str, config: dict[str, Any],
-                     metrics: dict[str, Any], plots: list[str] = (), notes: str = "") -> Path:
-    """A README.md describing the checkpoint: what it is, how it was made, how it did, how to use it."""
+                     metrics: dict[str, Any], plots: list[str] = (), notes: str = "", usage: list[str] | None = None) -> Path:
+    """A README.md describing the checkpoint: what it is, how it was made, how it did, how to use it.
+
+    ``usage`` replaces the default commands (chat, merge) for checkpoints that are not chat models."""
+    name = Path(folder).name
+    usage = usage or [f"posttrain chat {name} --prompt \"Hello!\"", f"posttrain merge {name} --output {name}-merged"]
     lines = [
         f"# posttrain {stage} checkpoint",
         "",
@@ -111,8 +143,7 @@ def write_model_card(folder: str | Path, stage: str, base_model: str, data: str,
         "## Use",
         "",
         "```bash",
-        f"posttrain chat {Path(folder).name} --prompt \"Hello!\"",
-        f"posttrain merge {Path(folder).name} --output {Path(folder).name}-merged",
+        *usage,
         "```",
         "",
         "## Metrics",
@@ -132,3 +163,59 @@ def write_model_card(folder: str | Path, stage: str, base_model: str, data: str,
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Report pages (pipeline and evaluation reports): one Markdown page and the same page as HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return _format(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def write_report_page(folder: str | Path, name: str, title: str, blocks: list[tuple[str, Any]]) -> list[Path]:
+    """Write ``name``.md and ``name``.html into ``folder`` from blocks, in order.
+
+    Blocks: ("h2", text), ("p", text), ("table", (header, rows)) or ("image", path to a PNG). The Markdown links
+    images by relative path; the HTML embeds them, so the .html file can be mailed or moved on its own.
+    """
+    import base64
+    import html
+    import os
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, page = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
+    for kind, value in blocks:
+        if kind == "h2":
+            md += [f"## {value}", ""]
+            page.append(f"<h2>{html.escape(value)}</h2>")
+        elif kind == "p":
+            md += [value, ""]
+            page.append(f"<p>{html.escape(value)}</p>")
+        elif kind == "table":
+            header, rows = value
+            md += [markdown_table(header, rows), ""]
+            head = "".join(f"<th>{html.escape(_format(h))}</th>" for h in header)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>" for row in rows)
+            page.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "image":
+            image = Path(value)
+            md += [f"![{image.stem}]({Path(os.path.relpath(image, folder)).as_posix()})", ""]
+            data = base64.b64encode(image.read_bytes()).decode()
+            page.append(f'<p><img alt="{html.escape(image.stem)}" src="data:image/png;base64,{data}"></p>')
+        else:
+            raise ValueError(f"unknown report block kind {kind!r}")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "vertical-align:top;text-align:left}img{max-width:100%}")
+    paths = [folder / f"{name}.md", folder / f"{name}.html"]
+    paths[0].write_text("\n".join(md), encoding="utf-8")
+    paths[1].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                        f"<style>{style}</style></head><body>\n" + "\n".join(page) + "\n</body></html>\n", encoding="utf-8")
+    return paths

@@ -81,6 +81,16 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[st
     )
 
 
+def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, **extra: Any):
+    """A TRL config (``trl.RewardConfig``, ``trl.DPOConfig``, ...) from :func:`trainer_kwargs`, keeping only the
+    keys ``cls`` knows, plus the stage's own ``extra`` settings."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    shared = {k: v for k, v in trainer_kwargs(train, output, has_eval).items() if k in known and k not in extra}
+    return cls(**shared, **extra)
+
+
 def resume_point(output: Path, resume: bool) -> str | None:
     """The newest resumable checkpoint when ``resume`` is asked for; an error when there is none."""
     if not resume:

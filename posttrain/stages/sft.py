@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.models import expose_head_bias
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     finished_checkpoint,
@@ -23,18 +24,22 @@ from posttrain.stages.common import (
 
 def run_sft(config: SFTConfig) -> Path:
     """Train an SFT adapter as ``config`` says; returns the checkpoint folder."""
+    import transformers
     import trl
 
     require(config, "data", "output")
     output = Path(config.output)
     train = config.train
 
-    # 1. read and validate the data before any model is loaded
+    # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     table = load_sft(config.data)
     eval_table = load_sft(config.eval_data) if config.eval_data else None
+    resume_from = resume_point(output, config.resume)
 
-    # 2. model with a LoRA adapter, tokenizer with a chat template
+    # 2. model with a LoRA adapter, tokenizer with a chat template (seeded first: LoRA A starts random)
+    transformers.set_seed(train.seed)
     model, tokenizer, base_name = load_trainable(config.model, config.lora)
+    expose_head_bias(model)
     params = report_trainable(model)
 
     # 3. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
@@ -67,7 +72,7 @@ def run_sft(config: SFTConfig) -> Path:
     )
 
     # 4. train
-    result = trainer.train(resume_from_checkpoint=resume_point(output, config.resume))
+    result = trainer.train(resume_from_checkpoint=resume_from)
     final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
              "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
     losses = [h["loss"] for h in recorder.history if "loss" in h]
