@@ -226,6 +226,14 @@ def adapter_base(path: str | Path) -> str:
     return json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+def adapter_tokenizer(folder: str | Path, base_name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with an adapter (with its chat template); an adapter saved by peft alone carries
+    none, so its base model's is used."""
+    if (Path(folder) / "tokenizer_config.json").is_file():
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    return load_tokenizer(base_name)
+
+
 @dataclass
 class Loaded:
     """A model ready for a stage: the model (a PeftModel when an adapter is on it), its tokenizer,
@@ -244,10 +252,7 @@ def load_for_inference(name: str, device: torch.device | None = None, dtype: tor
     device = device or default_device()
     if is_adapter_folder(name):
         base_name = adapter_base(name)
-        if (Path(name) / "tokenizer_config.json").is_file():
-            tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(name))
-        else:  # an adapter saved by peft alone carries no tokenizer: use its base model's
-            tokenizer = load_tokenizer(base_name)
+        tokenizer = adapter_tokenizer(name, base_name)
         base = load_base_model(base_name, dtype=dtype, device=device)
         match_vocab(base, tokenizer)
         model = PeftModel.from_pretrained(base, name)

@@ -16,15 +16,16 @@ from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
     adapter_base,
+    adapter_tokenizer,
     count_parameters,
     default_device,
     default_dtype,
+    expose_head_bias,
     is_adapter_folder,
     load_base_model,
     load_tokenizer,
     lora_config,
     match_vocab,
-    prepare_tokenizer,
     write_metadata,
 )
 
@@ -103,20 +104,22 @@ def resume_point(output: Path, resume: bool) -> str | None:
     return str(found[-1])
 
 
-def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default"):
+def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default", seed: int | None = None):
     """A PeftModel ready to train, its tokenizer and its base model's name.
 
-    A plain model gets a fresh LoRA adapter. A posttrain adapter checkpoint (for example an SFT output)
-    is loaded on its base with its adapter trainable, so training continues from it.
+    A plain model gets a fresh LoRA adapter, initialised from ``seed`` when given (so runs repeat). A posttrain
+    adapter checkpoint (for example an SFT output) is loaded on its base with its adapter trainable, so
+    training continues from it.
     """
     from peft import PeftModel, get_peft_model
+    from transformers import set_seed
 
+    if seed is not None:
+        set_seed(seed)
     device = default_device()
     if is_adapter_folder(model_name):
         base_name = adapter_base(model_name)
-        from transformers import AutoTokenizer
-
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_name))
+        tokenizer = adapter_tokenizer(model_name, base_name)
         base = load_base_model(base_name, device=device)
         match_vocab(base, tokenizer)
         model = PeftModel.from_pretrained(base, model_name, adapter_name=adapter_name, is_trainable=True)
@@ -129,6 +132,7 @@ def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "defa
         if new_ids:
             log(f"{model_name} has no chat template: installed ChatML and {len(new_ids)} new special tokens")
         model = get_peft_model(base, lora_config(lora, new_token_ids=new_ids), adapter_name=adapter_name)
+    expose_head_bias(model)  # TRL's fused loss reads lm_head.bias, which peft's trainable-token wrapper hides
     return model, tokenizer, base_name
 
 

@@ -23,13 +23,13 @@ from torch import nn
 from posttrain.config import LoraSection, RLHFConfig
 from posttrain.models import (
     adapter_base,
+    adapter_tokenizer,
     default_device,
     is_adapter_folder,
     load_base_model,
     load_tokenizer,
     lora_config,
     match_vocab,
-    prepare_tokenizer,
     read_metadata,
     resolve_model,
     stop_token_ids,
@@ -103,9 +103,7 @@ class Roles(nn.Module):
         # 1. the base model, once, and the policy adapter on it
         if is_adapter_folder(model_name):
             self.base_name = adapter_base(model_name)
-            from transformers import AutoTokenizer
-
-            self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_name))
+            self.tokenizer = adapter_tokenizer(model_name, self.base_name)
             base = load_base_model(self.base_name, dtype=torch.float32, device=self.device)
             match_vocab(base, self.tokenizer)
             model = PeftModel.from_pretrained(base, model_name, adapter_name=POLICY, is_trainable=True)

@@ -9,7 +9,6 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
-from posttrain.models import expose_head_bias
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     finished_checkpoint,
@@ -24,7 +23,6 @@ from posttrain.stages.common import (
 
 def run_sft(config: SFTConfig) -> Path:
     """Train an SFT adapter as ``config`` says; returns the checkpoint folder."""
-    import transformers
     import trl
 
     require(config, "data", "output")
@@ -37,9 +35,7 @@ def run_sft(config: SFTConfig) -> Path:
     resume_from = resume_point(output, config.resume)
 
     # 2. model with a LoRA adapter, tokenizer with a chat template (seeded first: LoRA A starts random)
-    transformers.set_seed(train.seed)
-    model, tokenizer, base_name = load_trainable(config.model, config.lora)
-    expose_head_bias(model)
+    model, tokenizer, base_name = load_trainable(config.model, config.lora, seed=train.seed)
     params = report_trainable(model)
 
     # 3. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
