@@ -1,0 +1,271 @@
+"""Compare a checkpoint with a baseline: reward-model score, win-rate, length, side-by-side samples, and the
+pairwise preference accuracy of a policy (implicit reward) or of a reward model.
+
+Implicit reward of a policy on a preference pair (Rafailov et al. 2023, eq. 5)::
+
+    r(x, y) = beta * (log pi(y | x) - log pi_ref(y | x))      summed over the response tokens of y
+
+and the pair counts as right when r(x, chosen) > r(x, rejected). The reference is, in order:
+  1. the adapter the checkpoint started from, when its posttrain.json names one that still exists
+     (a DPO or PPO checkpoint trained on top of an SFT adapter: that SFT adapter was its reference);
+  2. otherwise the checkpoint with its adapters disabled (the base model);
+  3. for a model with no adapter (a merged or plain model) there is no reference: the margin is the plain
+     sum log-prob margin ``log pi(chosen | x) - log pi(rejected | x)`` (beta 1).
+beta is the DPO checkpoint's own beta, else 0.1; it scales the margins, never the accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from posttrain.config import ConfigError, EvalConfig, require, to_dict
+from posttrain.data import encode_response, load_preferences, load_prompts, render_prompt
+from posttrain.models import is_adapter_folder, read_metadata, write_metadata
+
+SHOWN_SAMPLES = 8  # side-by-side rows in the report page
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
+    """Share of prompts where A's reward beats B's; a tie counts half."""
+    if not scores_a:
+        return float("nan")
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b, strict=True))
+    return wins / len(scores_a)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def pair_accuracy(chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    """Accuracy (chosen strictly above rejected) and mean margin of paired scores."""
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    return {"accuracy": mean([float(m > 0) for m in margins]), "mean_margin": mean(margins), "pairs": len(margins)}
+
+
+def _response_ids(tokenizer, prompt, response, max_length: int) -> tuple[list[int], int]:
+    """Ids of prompt + response and where the response starts (after the assistant header)."""
+    full = encode_response(tokenizer, prompt, response)
+    plain = isinstance(prompt, str) and isinstance(response, str)
+    head = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=plain)["input_ids"]
+    start = 0
+    while start < min(len(head), len(full)) and head[start] == full[start]:
+        start += 1
+    return full[:max_length], max(start, 1)  # the first token has nothing before it to be predicted from
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+    """Sum over the response tokens of log p(token | everything before it), one number per prompt + response.
+
+    Rows longer than ``max_length`` tokens lose their end. Padding is on the right and masked out.
+    """
+    device = next(model.parameters()).device
+    rows = [_response_ids(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
+    out: list[float] = []
+    for first in range(0, len(rows), batch_size):
+        chunk = rows[first:first + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)  # (batch, width-1): targets ids[:, 1:]
+        for row, (tokens, start) in enumerate(chunk):
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            attention[row, :len(tokens)] = 1
+            scored[row, start - 1:len(tokens) - 1] = True
+        ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
+        token_logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        out.extend((token_logprobs * scored).sum(-1).tolist())
+    return out
+
+
+@contextlib.contextmanager
+def _active_adapter(model, name: str):
+    previous = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
+
+
+def reference_for(loaded) -> tuple[str, Callable[[], Any] | None, float]:
+    """(description, context manager factory that switches to the reference or None, beta) for a loaded policy."""
+    if loaded.adapter_path is None:
+        return "none: the model has no adapter, so the margin is the plain sum log-prob margin", None, 1.0
+    meta = read_metadata(loaded.adapter_path)
+    recorded = meta.get("config") or {}
+    beta = float(recorded.get("beta", 0.1)) if meta.get("stage") == "dpo" else 0.1
+    start = recorded.get("model")
+    if start and is_adapter_folder(start) and Path(start).resolve() != Path(loaded.adapter_path).resolve():
+        loaded.model.load_adapter(str(start), adapter_name="reference")
+        return f"the adapter it started from ({start})", lambda: _active_adapter(loaded.model, "reference"), beta
+    return "the base model (adapters disabled)", loaded.model.disable_adapter, beta
+
+
+def implicit_reward_accuracy(model_name: str, pairs: list[dict], batch_size: int = 8, max_length: int = 512) -> dict[str, Any]:
+    """Pairwise accuracy of a policy judged by its implicit reward (see the module docstring)."""
+    from posttrain.models import load_for_inference
+
+    loaded = load_for_inference(model_name)
+    prompts = [p["prompt"] for p in pairs]
+    reference, use_reference, beta = reference_for(loaded)
+
+    def logps(side: str) -> list[float]:
+        return response_logprobs(loaded.model, loaded.tokenizer, prompts, [p[side] for p in pairs], batch_size, max_length)
+
+    policy = {side: logps(side) for side in ("chosen", "rejected")}
+    rewards = dict(policy)
+    if use_reference is not None:
+        with use_reference():
+            ref = {side: logps(side) for side in ("chosen", "rejected")}
+        rewards = {side: [beta * (p - r) for p, r in zip(policy[side], ref[side])] for side in policy}
+    return {**pair_accuracy(rewards["chosen"], rewards["rejected"]), "reference": reference, "beta": beta}
+
+
+def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -> dict[str, Any]:
+    from posttrain.stages.reward import load_reward_model
+
+    rm = load_reward_model(folder)
+    prompts = [p["prompt"] for p in pairs]
+    chosen = rm.score(prompts, [p["chosen"] for p in pairs], batch_size)
+    rejected = rm.score(prompts, [p["rejected"] for p in pairs], batch_size)
+    return pair_accuracy(chosen, rejected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------
+
+
+def generate_responses(model_name: str, prompts: list, max_new_tokens: int, temperature: float = 0.0,
+                       seed: int = 0) -> tuple[list[str], list[int]]:
+    """Responses of a model (or checkpoint) to prompts, and their lengths in tokens."""
+    from posttrain.generation import generate_texts
+    from posttrain.models import load_for_inference
+
+    loaded = load_for_inference(model_name)
+    torch.manual_seed(seed)
+    texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+    lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return texts, lengths
+
+
+def prompt_text(prompt) -> str:
+    return prompt[-1]["content"] if isinstance(prompt, list) else prompt
+
+
+def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, reward_model: str = "",
+                 temperature: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per prompt: {"prompt", <label>: response, <label>_tokens, <label>_reward (with a reward model)}."""
+    rows = [{"prompt": prompt_text(p)} for p in prompts]
+    for label, name in models.items():
+        texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed)
+        for row, text, length in zip(rows, texts, lengths):
+            row[label], row[f"{label}_tokens"] = text, length
+    if reward_model:
+        from posttrain.stages.reward import load_reward_model
+
+        rm = load_reward_model(reward_model)
+        for label in models:
+            for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows])):
+                row[f"{label}_reward"] = score
+    return rows
+
+
+def sample_table(rows: list[dict[str, Any]], labels: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows for a report table: the prompt, then each model's response (with its reward if scored)."""
+    table = []
+    for row in rows:
+        cells = [row["prompt"]]
+        for label in labels:
+            reward = f" [reward {row[f'{label}_reward']:.2f}]" if f"{label}_reward" in row else ""
+            cells.append((row[label] or "(empty)") + reward)
+        table.append(cells)
+    return ["prompt", *labels], table
+
+
+# ---------------------------------------------------------------------------------------------
+# The `posttrain eval` command
+# ---------------------------------------------------------------------------------------------
+
+
+def default_output(model: str) -> Path:
+    path = Path(model)
+    if path.exists():
+        return path.parent / f"{path.name}-eval"
+    return Path("runs") / ("eval-" + model.replace("/", "_"))
+
+
+def run_eval(config: EvalConfig) -> Path:
+    """Evaluate ``config.model`` (against ``config.baseline``) as the module docstring says; returns the report folder."""
+    require(config, "model")
+    if not config.prompts and not config.data:
+        raise ConfigError("give --prompts FILE (generate and compare responses) and/or --data PREFS (pairwise accuracy).")
+    model_is_rm = read_metadata(config.model).get("stage") in ("rm", "reward")
+    if model_is_rm and config.prompts:
+        raise ConfigError(f"--model {config.model} is a reward model: it cannot answer --prompts. Pass it as --reward-model "
+                          "with a policy as --model, or give only --data to measure its accuracy.")
+    if config.baseline and not config.prompts:
+        raise ConfigError("--baseline is compared on generated responses: give --prompts too.")
+    # 1. read the data before any model loads
+    prompts = [r["prompt"] for r in load_prompts(config.prompts).rows][:config.max_prompts] if config.prompts else []
+    pairs = load_preferences(config.data).rows[:config.max_prompts] if config.data else []
+    output = Path(config.output) if config.output else default_output(config.model)
+    summary: dict[str, Any] = {"model": config.model, "baseline": config.baseline or None}
+    rows: list[dict[str, Any]] = []
+    labels = ["model"] + (["baseline"] if config.baseline else [])
+
+    # 2. generate and judge: reward, win-rate, length
+    if prompts:
+        models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
+        rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed)
+        summary["prompts"] = len(prompts)
+        for label in labels:
+            summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])
+            if config.reward_model:
+                summary[f"{label}_mean_reward"] = mean([r[f"{label}_reward"] for r in rows])
+        if config.reward_model and config.baseline:
+            summary["win_rate"] = win_rate([r["model_reward"] for r in rows], [r["baseline_reward"] for r in rows])
+
+    # 3. pairwise preference accuracy: of the reward model, and of the policy by its implicit reward
+    if pairs:
+        judge = config.model if model_is_rm else config.reward_model
+        if judge:
+            summary.update({f"rm_{k}": v for k, v in reward_model_accuracy(judge, pairs).items()})
+        if not model_is_rm:
+            summary.update({f"policy_{k}": v for k, v in implicit_reward_accuracy(config.model, pairs).items()})
+
+    # 4. write: metrics, samples, report page; posttrain.json last marks the report finished
+    from posttrain.report import write_metrics, write_report_page
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "posttrain.json").unlink(missing_ok=True)
+    write_metrics(output, summary, [])
+    (output / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    blocks: list[tuple[str, Any]] = [
+        ("p", f"posttrain eval --model {config.model}" + (f" --baseline {config.baseline}" if config.baseline else "")
+         + (f" --reward-model {config.reward_model}" if config.reward_model else "")),
+        ("table", (["metric", "value"], [[k, v] for k, v in summary.items() if v is not None])),
+    ]
+    if rows:
+        blocks += [("h2", "Samples"), ("p", f"{'Greedy' if config.temperature == 0 else 'Sampled'} responses, at most "
+                                            f"{config.max_new_tokens} new tokens; all rows are in samples.jsonl."),
+                   ("table", sample_table(rows[:SHOWN_SAMPLES], labels))]
+    write_report_page(output, "report", f"Evaluation of {config.model}", blocks)
+    write_metadata(output, stage="eval", config=to_dict(config))
+    for key, value in summary.items():
+        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    print(f"report: {output / 'report.md'}")
+    return output
