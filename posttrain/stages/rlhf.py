@@ -188,15 +188,20 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             for number, start in enumerate(range(0, rollout.batch_size, ppo.minibatch_size)):
                 rows = order[start:start + ppo.minibatch_size]
                 ids, attn, m = input_ids[rows], attention_mask[rows], mask[rows]
+                # policy and critic losses touch disjoint parameters: backpropagating the policy's before the
+                # critic's forward gives the same gradients with one activation graph alive at a time
                 logprobs, entropy = roles.policy_logprobs(POLICY, ids, attn, context, rollout.temperature, with_entropy=True)
-                values = roles.values(ids, attn, context)
                 pg = ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], m, ppo.clip_eps)
-                vf = value_loss(values, old_values[rows], returns[rows], m, ppo.value_clip_eps)
                 ent = entropy_bonus(entropy, m, ppo.entropy_coef)
-                loss = pg.loss + ppo.vf_coef * vf.loss + ent.loss
-                if not torch.isfinite(loss):
-                    _halt_on_nan(output, step, "the PPO loss")
-                (loss / ppo.grad_accum).backward()
+                if not torch.isfinite(pg.loss + ent.loss):
+                    _halt_on_nan(output, step, "the PPO policy loss")
+                ((pg.loss + ent.loss) / ppo.grad_accum).backward()
+                del logprobs, entropy
+                values = roles.values(ids, attn, context)
+                vf = value_loss(values, old_values[rows], returns[rows], m, ppo.value_clip_eps)
+                if not torch.isfinite(vf.loss):
+                    _halt_on_nan(output, step, "the PPO value loss")
+                (ppo.vf_coef * vf.loss / ppo.grad_accum).backward()
                 if (number + 1) % ppo.grad_accum == 0:
                     _sync_grads(params, accelerator)
                     torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
