@@ -1,0 +1,518 @@
+"""Reward model: a scalar head on the base model, trained in full, and a LoRA adapter on the body, trained
+with the pairwise Bradley-Terry loss on TRL's RewardTrainer. ``posttrain score`` reads rows with it.
+
+The checkpoint ``posttrain rm`` writes:
+
+    adapter_config.json, adapter_model.safetensors  a peft SEQ_CLS adapter: LoRA on the transformer's linear layers,
+                                                    the head (``score``) in modules_to_save
+    reward_head.safetensors                         the head alone: "weight" (1, hidden) and "bias" when it has one
+    tokenizer files, posttrain.json                 stage "rm", base_model, reward_mean/reward_std on held-out pairs
+    metrics.json, README.md, *.png                  the report
+
+``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
+it; the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
+head from reward_head.safetensors, so the reward model costs no second copy of the base weights.
+
+The reward of a prompt + response is the head applied to the last token's hidden state (right padding, the
+position found from the attention mask), in training, in ``score`` and in the PPO stage alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import trl
+from datasets import Dataset
+
+from posttrain.config import LoraSection, RewardConfig, ScoreConfig, require, to_dict
+from posttrain.data import (
+    DataError,
+    PREFERENCE_FORMATS,
+    SFT_FORMATS,
+    Row,
+    encode_response,
+    load_preferences,
+    read_rows,
+    sft_example,
+    split_holdout,
+)
+from posttrain.models import (
+    ModelError,
+    adapter_base,
+    default_device,
+    default_dtype,
+    is_adapter_folder,
+    load_tokenizer,
+    lora_config,
+    match_vocab,
+    prepare_tokenizer,
+    resolve_model,
+)
+from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
+from posttrain.rl.losses import bradley_terry_loss
+from posttrain.stages.common import (
+    StageError,
+    finished_checkpoint,
+    log,
+    report_trainable,
+    resume_point,
+    save_stage_files,
+    trl_config,
+)
+
+HEAD_FILE = "reward_head.safetensors"
+HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
+LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward of a sequence
+# ---------------------------------------------------------------------------------------------
+
+
+def _parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformer body, scalar head) of a sequence-classification model, with or without peft around it."""
+    seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(seqcls, seqcls.base_model_prefix)
+    for name in HEAD_NAMES:
+        if hasattr(seqcls, name):
+            return body, getattr(seqcls, name)
+    raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward (batch,) of each row: the head on the hidden state of its last attended token.
+
+    Args:
+        model: a sequence-classification model (a PeftModel with the reward adapter active, or plain).
+        input_ids: (batch, seq_len), right-padded.
+        attention_mask: (batch, seq_len), 1 on real tokens.
+    """
+    body, head = _parts(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * attention_mask.long()).argmax(-1)
+    return head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).float()
+
+
+def _pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def _score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        ids, mask = _pad(rows[start:start + batch_size], pad_id, device)
+        scores.extend(sequence_rewards(model, ids, mask).tolist())
+    return scores
+
+
+@dataclass
+class RewardModel:
+    """A trained reward model, in eval mode: the peft sequence-classification model, its tokenizer, its base."""
+
+    model: Any
+    tokenizer: Any
+    base_model: str
+
+    def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], int]:
+        """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
+        rows, cut = [], 0
+        for prompt, response in zip(prompts, responses, strict=True):
+            ids = encode_response(self.tokenizer, prompt, response)
+            if len(ids) > max_length:
+                ids, cut = ids[-max_length:], cut + 1  # keep the end: the reward is read at the last token
+            rows.append(ids)
+        return rows, cut
+
+    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+        """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
+        rows, _ = self.encode(prompts, responses, max_length)
+        return _score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
+
+
+def _load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
+    """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    path = resolve_model(name)
+    try:
+        with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
+                         "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
+    return model.to(device)
+
+
+def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
+    """Load a ``posttrain rm`` checkpoint on its base model, in eval mode."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not is_adapter_folder(folder) or not (folder / HEAD_FILE).is_file():
+        raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
+                         "make one with `posttrain rm`.")
+    device = device or default_device()
+    base_name = adapter_base(folder)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    base = _load_scorer_base(base_name, dtype or default_dtype(device), device)
+    match_vocab(base, tokenizer)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(folder)).to(device)
+    model.eval()
+    return RewardModel(model, tokenizer, base_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+class PairwiseRewardTrainer(trl.RewardTrainer):
+    """TRL's RewardTrainer with the reward read at the last attended token and the loss from
+    :func:`posttrain.rl.losses.bradley_terry_loss` (with the per-pair margin when the data has one)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"])
+        chosen, rejected = rewards.chunk(2)  # TRL's collator stacks all chosen rows, then all rejected
+        out = bradley_terry_loss(chosen, rejected, inputs.get("margin"))
+        self._metrics[mode]["accuracy"].append(out.accuracy.item())
+        self._metrics[mode]["margin"].append(out.reward_margin.item())
+        self._metrics[mode]["mean_reward"].append(rewards.detach().mean().item())
+        return (out.loss, {"rewards": rewards.detach()}) if return_outputs else out.loss
+
+
+@dataclass
+class PairIds:
+    """Tokenised preference pairs: prompt + chosen and prompt + rejected ids, and the response lengths in tokens."""
+
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    margins: list[float] | None
+    chosen_len: list[int]
+    rejected_len: list[int]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(self.chosen, self.rejected)]
+        if self.margins is not None:
+            for row, margin in zip(rows, self.margins):
+                row["margin"] = margin
+        return rows
+
+
+def _response_tokens(tokenizer, response) -> int:
+    text = response if isinstance(response, str) else "".join(m["content"] for m in response if m["role"] == "assistant")
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -> tuple[PairIds, int]:
+    """Pairs as the reward model reads them; pairs past ``max_length`` are left out (TRL's rule) and counted."""
+    kept: list[dict[str, Any]] = []
+    chosen, rejected, over = [], [], 0
+    for e in examples:
+        c, r = encode_response(tokenizer, e["prompt"], e["chosen"]), encode_response(tokenizer, e["prompt"], e["rejected"])
+        if max(len(c), len(r)) > max_length:
+            over += 1
+            continue
+        kept.append(e)
+        chosen.append(c)
+        rejected.append(r)
+    margins = [e["margin"] for e in kept] if kept and "margin" in kept[0] else None
+    return PairIds(chosen, rejected, margins, [_response_tokens(tokenizer, e["chosen"]) for e in kept],
+                   [_response_tokens(tokenizer, e["rejected"]) for e in kept]), over
+
+
+def build_model(model_name: str, lora: LoraSection, seed: int):
+    """A SEQ_CLS PeftModel ready to train (LoRA on the body, the head in full), its tokenizer and base name.
+
+    A posttrain adapter checkpoint (e.g. an SFT output) as ``model_name`` starts the reward adapter from its
+    LoRA weights, on its base, so the reward model still fits the plain base the PPO stage loads.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, set_seed
+
+    device = default_device()
+    start = model_name if is_adapter_folder(model_name) else None
+    if start:
+        base_name = adapter_base(start)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(start))
+        saved = json.loads(Path(start, "adapter_config.json").read_text())
+        targets = saved["target_modules"]
+        lora = LoraSection(r=saved["r"], alpha=saved["lora_alpha"], dropout=lora.dropout,
+                           target_modules=targets if isinstance(targets, str) else ",".join(sorted(targets)))
+    else:
+        base_name = model_name
+        tokenizer = load_tokenizer(model_name)
+    set_seed(seed)  # the head starts random: seed it
+    base = _load_scorer_base(base_name, default_dtype(device), device)
+    new_ids = match_vocab(base, tokenizer)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = get_peft_model(base, lora_config(lora, task_type="SEQ_CLS", new_token_ids=new_ids))
+    if start:
+        state = {k: v for k, v in load_file(str(Path(start, "adapter_model.safetensors"))).items() if "lora_" in k}
+        result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **state})  # the new head stays
+        if [k for k in result.unexpected_keys if "lora_" in k]:
+            raise StageError(f"the adapter in {start} does not fit {base_name} as a reward model.")
+        log(f"reward adapter starts from the LoRA weights in {start} (base: {base_name})")
+    lora_on_head = [n for n, _ in model.named_parameters() if "lora_" in n and any(f".{h}." in n for h in HEAD_NAMES)]
+    if lora_on_head:
+        raise StageError(f"LoRA landed on the reward head ({lora_on_head[0]}); exclude it from --lora.target_modules.")
+    return model, tokenizer, base_name
+
+
+def head_state(model) -> dict[str, torch.Tensor]:
+    """The trained scalar head alone, as "weight" (1, hidden) and "bias" when it has one."""
+    _, head = _parts(model)
+    if hasattr(head, "modules_to_save"):  # peft's wrapper: the trained copy of the active adapter
+        active = head.active_adapter
+        module = head.modules_to_save[active if isinstance(active, str) else active[0]]
+    else:
+        module = head
+    return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class PairStats:
+    """Rewards of held-out pairs and what the report says about them."""
+
+    chosen: list[float]
+    rejected: list[float]
+    chosen_len: list[int]
+    rejected_len: list[int]
+
+    def summary(self) -> dict[str, float]:
+        diffs = [c - r for c, r in zip(self.chosen, self.rejected)]
+        rewards = self.chosen + self.rejected
+        mean = sum(rewards) / len(rewards)
+        return {
+            "accuracy": sum(d > 0 for d in diffs) / len(diffs),
+            "mean_margin": sum(diffs) / len(diffs),
+            "reward_mean": mean,
+            "reward_std": math.sqrt(sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1)),
+            "chosen_mean": sum(self.chosen) / len(self.chosen),
+            "rejected_mean": sum(self.rejected) / len(self.rejected),
+            # a reward that tracks length is the first thing PPO learns to exploit
+            "length_correlation": pearson(rewards, [float(n) for n in self.chosen_len + self.rejected_len]),
+            "margin_length_correlation": pearson(diffs, [float(c - r) for c, r in zip(self.chosen_len, self.rejected_len)]),
+            "pairs": len(diffs),
+        }
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation; nan when either side has no spread."""
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def pair_stats(model, pairs: PairIds, pad_id: int, batch_size: int) -> PairStats:
+    was_training = model.training
+    model.eval()
+    chosen = _score_ids(model, pairs.chosen, pad_id, batch_size)
+    rejected = _score_ids(model, pairs.rejected, pad_id, batch_size)
+    model.train(was_training)
+    return PairStats(chosen, rejected, pairs.chosen_len, pairs.rejected_len)
+
+
+@dataclass
+class RewardSetup:
+    trainer: PairwiseRewardTrainer
+    tokenizer: Any
+    base_name: str
+    train_pairs: PairIds
+    held_pairs: PairIds
+    recorder: MetricsRecorder
+    counts: dict[str, Any]
+
+
+def build_reward_trainer(config: RewardConfig) -> RewardSetup:
+    """Data, model and trainer of the reward-model stage, ready for ``trainer.train()``."""
+    require(config, "data", "output")
+    train = config.train
+
+    # 1. read and validate the data before any model is loaded
+    table = load_preferences(config.data)
+    train_rows, held_rows = split_holdout(table.rows, train.eval_split, train.seed)
+
+    # 2. base model with a scalar head; LoRA on the body
+    model, tokenizer, base_name = build_model(config.model, config.lora, train.seed)
+
+    # 3. tokenise with the chat template ourselves: the same rendering score() and PPO use, cuts counted
+    train_pairs, over_train = tokenise_pairs(train_rows, tokenizer, train.max_length)
+    held_pairs, over_held = tokenise_pairs(held_rows, tokenizer, train.max_length)
+    over = over_train + over_held
+    if over:
+        log(f"{over} of {len(table)} pairs were longer than train.max_length={train.max_length} tokens and were left out "
+            "(a cut response would be scored on a different text). Raise --train.max_length to keep them.")
+    if not train_pairs.chosen:
+        raise StageError(f"no training pairs fit in train.max_length={train.max_length}; raise --train.max_length.")
+    log(f"{len(train_pairs.chosen)} training pairs, {len(held_pairs.chosen)} held out"
+        + (" (with per-pair margins)" if train_pairs.margins is not None else ""))
+
+    args = trl_config(trl.RewardConfig, train, Path(config.output), has_eval=bool(held_pairs.chosen))
+    recorder = MetricsRecorder()
+    trainer = PairwiseRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_pairs.rows()),
+        eval_dataset=Dataset.from_list(held_pairs.rows()) if held_pairs.chosen else None,
+        processing_class=tokenizer,
+        callbacks=[recorder],
+    )
+    counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
+              "heldout_pairs": len(held_pairs.chosen)}
+    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts)
+
+
+def run_reward(config: RewardConfig) -> Path:
+    """Train a LoRA reward model as ``config`` says; returns the checkpoint folder."""
+    setup = build_reward_trainer(config)
+    output = Path(config.output)
+    trainer, tokenizer, recorder = setup.trainer, setup.tokenizer, setup.recorder
+    params = report_trainable(trainer.model)
+
+    # 4. train
+    result = trainer.train(resume_from_checkpoint=resume_point(output, config.resume))
+    final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
+    losses = [h["loss"] for h in recorder.history if "loss" in h]
+    if losses:
+        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+
+    # 5. held-out report: accuracy, margin, reward distribution, length bias
+    evaluated = setup.held_pairs if setup.held_pairs.chosen else setup.train_pairs
+    where = "heldout" if setup.held_pairs.chosen else "train"
+    stats = pair_stats(trainer.model, evaluated, tokenizer.pad_token_id, config.train.batch_size)
+    summary = stats.summary()
+    final.update({f"{where}_{k}" if k != "pairs" else f"{where}_pairs": v for k, v in summary.items()})
+    recorder.history.append({"step": result.global_step, "eval_accuracy": summary["accuracy"], "eval_margin": summary["mean_margin"]})
+    corr = summary["length_correlation"]
+    if math.isfinite(corr) and abs(corr) > LENGTH_BIAS_WARNING and summary["pairs"] >= 10:
+        log(f"WARNING: the reward correlates with response length (r = {corr:.2f} on {where} responses). PPO against "
+            "this reward model will likely learn to change length rather than quality; balance lengths in the data first.")
+    log(f"{where} pairwise accuracy {summary['accuracy']:.3f}, mean margin {summary['mean_margin']:.3f}, "
+        f"corr(reward, length) {corr:.3f} over {summary['pairs']} pairs")
+
+    # 6. save: adapter with the head, the head alone, tokenizer, config, metrics, plots, model card
+    from safetensors.torch import save_file
+
+    with finished_checkpoint(output) as folder:
+        trainer.model.save_pretrained(folder)
+        save_file(head_state(trainer.model), str(folder / HEAD_FILE))
+        tokenizer.save_pretrained(folder)
+        write_metrics(folder, final, recorder.history,
+                      rewards={"chosen": stats.chosen, "rejected": stats.rejected,
+                               "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
+        plots = [
+            plot_curves(folder / "loss.png", recorder.history,
+                        [("loss", ["loss", "eval_loss"]), ("pairwise accuracy", ["accuracy", "eval_accuracy"]),
+                         ("reward margin", ["margin", "eval_margin"])], f"Reward model on {setup.base_name}"),
+            plot_histograms(folder / "rewards.png", {"chosen": stats.chosen, "rejected": stats.rejected},
+                            f"Rewards on {where} pairs (accuracy {summary['accuracy']:.2f})", "reward"),
+            plot_scatter(folder / "reward_vs_length.png",
+                         {"chosen": (stats.chosen_len, stats.chosen), "rejected": (stats.rejected_len, stats.rejected)},
+                         f"Reward against length (r = {corr:.2f})", "response tokens", "reward"),
+        ]
+        write_model_card(folder, "reward model", setup.base_name, config.data, to_dict(config), final,
+                         [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
+                                                        f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
+                         notes=READ_ME_LAYOUT)
+        save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
+                         reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
+    log(f"saved the reward model to {output}")
+    return output
+
+
+READ_ME_LAYOUT = """## Layout
+
+`adapter_config.json` + `adapter_model.safetensors` are a peft SEQ_CLS adapter: LoRA on the transformer's linear
+layers and the scalar head `score` in full (modules_to_save). `reward_head.safetensors` holds the head alone
+(`weight` of shape (1, hidden), `bias` if any), for loading the LoRA weights onto another model of the same base.
+The reward is the head on the hidden state of the last token of the chat-template rendering of prompt + response."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring files
+# ---------------------------------------------------------------------------------------------
+
+
+def _scored_row(row: Row, source: str) -> tuple[Any, Any]:
+    """(prompt, response) of one row to score: prompt/completion (or response), messages, alpaca or sharegpt."""
+    data = dict(row.data)
+    if "response" in data and "completion" not in data and "prompt" in data:
+        data["completion"] = data["response"]
+    example = sft_example(Row(data, row.where), source)
+    if "messages" not in example:
+        return example["prompt"], example["completion"]
+    messages = example["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    if last == 0:
+        raise DataError(source, row.where, "the conversation starts with the assistant turn; there is no prompt to score it against.", SFT_FORMATS)
+    return messages[:last], messages[last]["content"]
+
+
+def _default_output(data: str) -> Path:
+    path = Path(data)
+    return path.with_name(path.name.removesuffix(path.suffix) + ".scored.jsonl")
+
+
+def run_score(config: ScoreConfig) -> dict[str, Any]:
+    """Score rows with a reward model and write them back with a ``reward`` field; on preference pairs,
+    also report pairwise accuracy. Returns the summary it prints."""
+    require(config, "model", "data")
+    rows = read_rows(config.data, PREFERENCE_FORMATS + "\n" + SFT_FORMATS)
+    pairs = "chosen" in rows[0].data and "rejected" in rows[0].data
+    if pairs:
+        table = load_preferences(config.data)
+    else:
+        scored = [_scored_row(row, config.data) for row in rows]
+    rm = load_reward_model(config.model)
+    output = Path(config.output) if config.output else _default_output(config.data)
+
+    if pairs:
+        prompts = [e["prompt"] for e in table.rows]
+        chosen_ids, cut_c = rm.encode(prompts, [e["chosen"] for e in table.rows], config.max_length)
+        rejected_ids, cut_r = rm.encode(prompts, [e["rejected"] for e in table.rows], config.max_length)
+        pad = rm.tokenizer.pad_token_id
+        stats = PairStats(_score_ids(rm.model, chosen_ids, pad, config.batch_size), _score_ids(rm.model, rejected_ids, pad, config.batch_size),
+                          [_response_tokens(rm.tokenizer, e["chosen"]) for e in table.rows],
+                          [_response_tokens(rm.tokenizer, e["rejected"]) for e in table.rows])
+        summary = {**stats.summary(), "rows_cut": cut_c + cut_r}
+        out_rows = [{**row.data, "reward_chosen": c, "reward_rejected": r} for row, c, r in zip(rows, stats.chosen, stats.rejected)]
+        log(f"pairwise accuracy {summary['accuracy']:.3f} over {summary['pairs']} pairs, mean margin {summary['mean_margin']:.3f}, "
+            f"corr(reward, length) {summary['length_correlation']:.3f}")
+    else:
+        ids, cut = rm.encode([p for p, _ in scored], [r for _, r in scored], config.max_length)
+        rewards = _score_ids(rm.model, ids, rm.tokenizer.pad_token_id, config.batch_size)
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1))
+        summary = {"rows": len(rewards), "reward_mean": mean, "reward_std": std, "rows_cut": cut}
+        out_rows = [{**row.data, "reward": reward} for row, reward in zip(rows, rewards)]
+        log(f"scored {len(rewards)} rows: mean reward {mean:.3f}, std {std:.3f}")
+    if summary["rows_cut"]:
+        log(f"{summary['rows_cut']} sequences were longer than --max-length {config.max_length} and were cut from the left")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out_rows), encoding="utf-8")
+    log(f"wrote {len(out_rows)} scored rows to {output}")
+    return summary

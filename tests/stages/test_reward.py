@@ -1,0 +1,171 @@
+"""Reward-model stage on a tiny random Llama: the loss, learning, the checkpoint layout, scoring, bad data."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from posttrain.cli import main
+from posttrain.config import LoraSection, RewardConfig, ScoreConfig, TrainSection
+from posttrain.stages import reward as reward_stage
+from posttrain.stages.reward import build_reward_trainer, load_reward_model, pair_stats, run_reward, run_score
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def marker_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Pairs a reward model can learn: the chosen answer says "banana" somewhere, the rejected one never does."""
+    rng = random.Random(seed)
+    words = ["river", "stone", "cloud", "paper", "lamp", "music", "window", "garden", "orbit", "candle"]
+    rows = []
+    for i in range(n):
+        body = rng.sample(words, 5)
+        where = rng.randrange(len(body) + 1)
+        other = rng.choice(["apple", "table", "green"])
+        rows.append({
+            "prompt": [{"role": "user", "content": f"Question {i}: name some things."}],
+            "chosen": [{"role": "assistant", "content": " ".join(body[:where] + ["banana"] + body[where:])}],
+            "rejected": [{"role": "assistant", "content": " ".join(body[:where] + [other] + body[where:])}],
+        })
+    return rows
+
+
+def rm_config(model, data, output, **train) -> RewardConfig:
+    defaults = dict(max_steps=2, batch_size=4, eval_split=0.25, logging_steps=1, lr=1e-3)
+    return RewardConfig(model=str(model), data=str(data), output=str(output),
+                        lora=LoraSection(r=8, alpha=16, dropout=0.0), train=TrainSection(**{**defaults, **train}))
+
+
+def test_reward_loss_is_bradley_terry_with_margin(tiny_model_dir, tmp_path, monkeypatch):
+    rows = [{**r, "margin": m} for r, m in zip(marker_pairs(4), [1.0, 0.0, 0.5, 0.0])]
+    setup = build_reward_trainer(rm_config(tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "rm", eval_split=0.0))
+    trainer = setup.trainer
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "margin" in batch
+
+    # hand-worked: rewards chosen (2, 0), rejected (0, 0), margins (1, 0):
+    #   pair 1: -log sigmoid(2 - 0 - 1) = log(1 + e^-1); pair 2: -log sigmoid(0) = log 2; the loss is their mean
+    fixed = {"input_ids": batch["input_ids"][[0, 1, 4, 5]], "attention_mask": batch["attention_mask"][[0, 1, 4, 5]],
+             "margin": torch.tensor([1.0, 0.0])}
+    monkeypatch.setattr(reward_stage, "sequence_rewards", lambda model, ids, mask: torch.tensor([2.0, 0.0, 0.0, 0.0]))
+    loss = trainer.compute_loss(trainer.model, dict(fixed))
+    assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2)
+    monkeypatch.undo()
+
+    # and with the model's own rewards, the trainer's loss is -log sigmoid(r_chosen - r_rejected - margin)
+    trainer.model.eval()
+    with torch.no_grad():
+        rewards = reward_stage.sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"])
+        chosen, rejected = rewards.chunk(2)
+        expected = -torch.nn.functional.logsigmoid(chosen - rejected - batch["margin"]).mean()
+        assert trainer.compute_loss(trainer.model, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reward_training_raises_pair_accuracy(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(32))
+    setup = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=40, batch_size=8,
+                                           eval_split=0.0, lr=3e-3, warmup_ratio=0.0))
+    pad = setup.tokenizer.pad_token_id
+    before = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16).summary()
+    setup.trainer.train()
+    after = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16).summary()
+    assert after["accuracy"] >= 0.9
+    assert after["accuracy"] > before["accuracy"]
+    assert after["mean_margin"] > before["mean_margin"] + 0.5
+
+
+def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(16))
+    folder = run_reward(rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=3))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "reward_head.safetensors", "tokenizer.json",
+                 "posttrain.json", "metrics.json", "README.md", "rewards.png", "reward_vs_length.png", "loss.png"):
+        assert (folder / name).is_file(), name
+    meta = json.loads((folder / "posttrain.json").read_text())
+    assert meta["stage"] == "rm" and meta["base_model"] == str(tiny_model_dir)
+    assert math.isfinite(meta["reward_mean"]) and meta["reward_std"] >= 0
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    assert not any("score" in t for t in adapter["target_modules"])  # LoRA only on the transformer's linear layers
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    assert not any("score" in k and "lora_" in k for k in saved)
+    head = load_file(str(folder / "reward_head.safetensors"))
+    assert head["weight"].shape == (1, 32)
+    torch.testing.assert_close(head["weight"], saved["base_model.model.score.weight"])
+
+    # the loader reproduces the held-out rewards recorded at the end of training
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rm = load_reward_model(folder, device=torch.device("cpu"))
+    assert not rm.model.training and rm.base_model == str(tiny_model_dir)
+    held = [json.loads(line) for line in data.read_text().splitlines()]
+    from posttrain.data import split_holdout
+
+    _, held = split_holdout(held, 0.25, 42)
+    scores = rm.score([r["prompt"] for r in held], [r["chosen"][0]["content"] for r in held])
+    assert scores == pytest.approx(metrics["rewards"]["chosen"], abs=1e-5)
+
+    # the plain peft route of the layout contract reads the same reward at the last token
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = rm.tokenizer.pad_token_id
+    plain = PeftModel.from_pretrained(base, str(folder)).eval()
+    ids, _ = rm.encode([held[0]["prompt"]], [held[0]["chosen"][0]["content"]])
+    with torch.no_grad():
+        logit = plain(input_ids=torch.tensor(ids)).logits.item()
+    assert logit == pytest.approx(scores[0], abs=1e-5)
+
+    # `posttrain score` on rows writes a reward per row; on pairs it reports the accuracy
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in held]
+                       + [{"messages": held[0]["prompt"] + held[0]["rejected"]}])
+    assert main(["score", str(folder), "--data", str(rows)]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "rows.scored.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in scored[:-1]] == pytest.approx(scores, abs=1e-5)
+    assert "messages" in scored[-1] and isinstance(scored[-1]["reward"], float)
+    summary = run_score(ScoreConfig(model=str(folder), data=str(data), output=str(tmp_path / "pairs.jsonl")))
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["pairs"] == 16
+    assert "reward_chosen" in json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[0])
+
+
+def test_reward_model_starts_from_an_sft_adapter(tiny_model_dir, tmp_path, samples):
+    from posttrain.config import SFTConfig
+    from posttrain.stages.sft import run_sft
+
+    sft = run_sft(SFTConfig(model=str(tiny_model_dir), data=str(samples / "sft_messages.jsonl"), output=str(tmp_path / "sft"),
+                            lora=LoraSection(r=4, alpha=8), train=TrainSection(max_steps=2, lr=1e-2, batch_size=2)))
+    model, _, base_name = reward_stage.build_model(str(sft), LoraSection(), seed=0)
+    assert base_name == str(tiny_model_dir)
+    from safetensors.torch import load_file
+
+    start = load_file(str(sft / "adapter_model.safetensors"))
+    params = dict(model.named_parameters())
+    key = next(k for k in start if "lora_B" in k)
+    name = key.replace(".lora_B.weight", ".lora_B.default.weight")
+    assert start[key].abs().sum() > 0
+    torch.testing.assert_close(params[name].detach(), start[key])
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"prompt": "Hi", "chosen": "Same answer.", "rejected": "Same answer."}, "identical"),
+    ({"prompt": "Hi", "chosen": "An answer."}, "missing field 'rejected'"),
+    ({"prompt": "Hi", "chosen": "An answer.", "rejected": "   "}, "field 'rejected' is empty"),
+    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": ""}],
+      "rejected": [{"role": "assistant", "content": "No."}]}, "field 'chosen[0].content' is empty"),
+])
+def test_bad_preference_rows_name_file_and_line(tiny_model_dir, tmp_path, capsys, row, problem):
+    good = {"prompt": "Hello", "chosen": "Hello! How can I help?", "rejected": "Go away."}
+    data = write_jsonl(tmp_path / "bad.jsonl", [good, good, row])
+    assert main(["rm", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / "rm")]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}, line 3" in err and problem in err
+    assert not (tmp_path / "rm").exists()  # nothing is loaded or written before the data is valid
+    assert main(["score", str(tmp_path / "missing-rm"), "--data", str(data)]) == 2
+    assert "line 3" in capsys.readouterr().err
