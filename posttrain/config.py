@@ -177,7 +177,7 @@ class EvalConfig:
     reward_model: str = doc("", "Reward-model checkpoint that judges responses.")
     data: str = doc("", "Preference pairs: also report pairwise accuracy of the model (implicit reward) or reward model.")
     output: str = doc("", "Folder for the evaluation report (default: next to the model).")
-    max_prompts: int = doc(64, "Evaluate on at most this many prompts.")
+    max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).")
     max_new_tokens: int = doc(64, "Longest response in tokens.")
     temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).")
     seed: int = doc(0, "Random seed.")

@@ -127,11 +127,14 @@ def _format(value: Any) -> str:
 
 
 def write_model_card(folder: str | Path, stage: str, base_model: str, data: str, config: dict[str, Any],
-                     metrics: dict[str, Any], plots: list[str] = (), notes: str = "", usage: list[str] | None = None) -> Path:
+                     metrics: dict[str, Any], plots: list[str] = (), notes: str = "", usage: list[str] | None = None,
+                     output: str | Path | None = None) -> Path:
     """A README.md describing the checkpoint: what it is, how it was made, how it did, how to use it.
 
-    ``usage`` replaces the default commands (chat, merge) for checkpoints that are not chat models."""
-    name = Path(folder).name
+    ``folder`` is where the card is written (a stage's scratch folder); ``output`` is the checkpoint's final
+    path, named in the usage lines. ``usage`` replaces the default commands (chat, merge) for checkpoints that
+    are not chat models."""
+    name = str(output or folder)
     usage = usage or [f"posttrain chat {name} --prompt \"Hello!\"", f"posttrain merge {name} --output {name}-merged"]
     lines = [
         f"# posttrain {stage} checkpoint",

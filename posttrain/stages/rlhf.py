@@ -321,7 +321,7 @@ def _write_final(output: Path, config: RLHFConfig, roles: Roles, base_path: str,
             ], "PPO optimisation statistics")]
         (folder / "samples.md").write_text("# Sampled responses with their rewards\n\n" + _samples_markdown(samples) + "\n")
         write_model_card(folder, "RLHF (PPO)", roles.base_name, config.prompts, to_dict(config), final,
-                         [p for p in plots if p], notes=f"Reward model: `{config.reward_model}`. Samples: samples.md.")
+                         [p for p in plots if p], notes=f"Reward model: `{config.reward_model}`. Samples: samples.md.", output=output)
         save_stage_files(folder, "rlhf", config, roles.base_name, reward_model=config.reward_model)
     log(f"PPO done: reward {final['reward_first']:.3f} -> {final['reward_last_window']:.3f} (last-window mean), "
         f"KL {final['kl_last_window']:.3f}, length {final['response_length_first']:.1f} -> {final['response_length_last']:.1f}; "

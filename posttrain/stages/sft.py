@@ -17,7 +17,7 @@ from posttrain.stages.common import (
     report_trainable,
     resume_point,
     save_stage_files,
-    trainer_kwargs,
+    trl_config,
 )
 
 
@@ -50,13 +50,8 @@ def run_sft(config: SFTConfig) -> Path:
             f"{tokenised.dropped} of them kept no assistant token and were left out. Raise --train.max_length to keep them.")
     log(f"{len(rows)} training rows, {len(held)} held out")
 
-    args = trl.SFTConfig(
-        **trainer_kwargs(train, output, has_eval=bool(held)),
-        packing=config.packing,
-        padding_free=config.packing,
-        completion_only_loss=False,
-        assistant_only_loss=False,
-    )
+    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), packing=config.packing,
+                      padding_free=config.packing, completion_only_loss=False, assistant_only_loss=False)
     recorder = MetricsRecorder()
     trainer = trl.SFTTrainer(
         model=model,
@@ -87,7 +82,8 @@ def run_sft(config: SFTConfig) -> Path:
         write_metrics(folder, final, recorder.history)
         plot = plot_curves(folder / "loss.png", recorder.history,
                            [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
-        write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [])
+        write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
+                         output=output)
         save_stage_files(folder, "sft", config, base_name)
     log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
     return output
