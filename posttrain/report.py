@@ -67,12 +67,18 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], panels: list[tu
     for ax, (name, keys) in zip(axes[0], panels):
         for key in keys:
             steps, values = series(history, key)
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
+            line, = ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key,
+                            alpha=0.45 if len(steps) >= 8 else 1.0)
+            if len(steps) >= 8:  # noisy per-step values (small RL batches): show the trend too
+                window = max(3, len(steps) // 6)
+                smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                          for i in range(len(values))]
+                ax.plot(steps, smooth, color=line.get_color(), linewidth=2, label=f"{key} (mean of {window})")
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
