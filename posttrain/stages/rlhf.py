@@ -27,7 +27,6 @@ from posttrain.rl import (
     entropy_bonus,
     explained_variance,
     kl_penalty,
-    masked_mean,
     no_eos_penalty,
     per_token_rewards,
     ppo_policy_loss,
