@@ -58,10 +58,17 @@ def ours_worker(args) -> None:
         "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
         "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
         "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r})
-    lengths = []
-    run_rlhf(config, on_step=lambda roles, record: (seconds.append(record["step_seconds"]), lengths.append(record["response_length"])))
+    lengths, phases = [], []
+
+    def on_step(roles, record):
+        seconds.append(record["step_seconds"])
+        lengths.append(record["response_length"])
+        phases.append({k: round(record[k], 2) for k in ("rollout_seconds", "score_seconds", "optimise_seconds")})
+
+    run_rlhf(config, on_step=on_step)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak, "response_length": lengths}))
+    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak, "response_length": lengths,
+                                  "phases": phases}))
 
 
 def run(command: list[str], env: dict) -> dict:
@@ -138,7 +145,7 @@ def main() -> None:
         for name in results:
             print(f"round {round_number + 1}/{args.rounds}: {name} ...", flush=True)
             results[name].append(run(commands[name], env))
-            print(f"  {results[name][-1]['step_seconds']}", flush=True)
+            print(f"  {results[name][-1]['step_seconds']} {results[name][-1].get('phases', '')}", flush=True)
 
     summary = {}
     for name, runs in results.items():

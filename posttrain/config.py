@@ -164,6 +164,9 @@ class RLHFConfig:
     prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages).")
     output: str = doc("", "Checkpoint folder to write.")
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
+    precision: Literal["auto", "bf16", "fp32"] = doc(
+        "auto", "Storage of the shared frozen base: 'auto' is bf16 on a GPU or CPU with fast bf16 (AVX512-BF16/AMX), "
+                "else fp32. Adapters, heads and optimizer state are always fp32.")
     lora: LoraSection = doc(LoraSection, "LoRA settings for the policy (and critic) adapters when starting fresh.")
     rollout: RolloutSection = doc(RolloutSection, "How responses are sampled.")
     ppo: PPOSection = doc(PPOSection, "The PPO optimisation.")

@@ -41,30 +41,64 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int, device: tor
     return ids.to(device), mask.to(device), cut
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: (batch, seq_len), as generation computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Draw one token per row from softmax(logits / temperature), nucleus-filtered to ``top_p``.
+
+    Args:
+        logits: (batch, vocab), float32.
+    Returns:
+        (batch,) long. ``temperature`` 0 takes the argmax.
+
+    The draw inverts the cumulative distribution with one uniform number per row; torch.multinomial
+    draws an exponential per vocabulary entry, which on a CPU is most of a decoding step's sampling time.
+    """
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before a token already reaches top_p
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    cdf = probs.double().cumsum(-1)
+    draw = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    # side="right": the first entry whose cumulative mass exceeds the draw, so zero-probability tokens never win
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None) -> torch.Tensor:
     """Sample responses for left-padded queries; returns (batch, response_len) ids, padded after each stop.
 
     ``temperature`` 0 decodes greedily. Responses shorter than the longest are padded with pad_token_id.
+    A plain KV-cache loop over the transformer body: the vocabulary projection runs on each row's last
+    position only, and the loop ends when every row has produced a stop token.
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    sampling = temperature > 0
-    output = model.generate(
-        input_ids=query,
-        attention_mask=query_mask,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=0 if sampling else None,
-        eos_token_id=stop_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    return output[:, query.shape[1]:]
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body, head = causal_lm.base_model, causal_lm.get_output_embeddings()
+    stops = torch.tensor(stop_token_ids(tokenizer), device=query.device)
+    mask, ids, positions, cache = query_mask, query, position_ids(query_mask), None
+    finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits = head(out.last_hidden_state[:, -1].contiguous()).float()
+        token = next_token(logits, temperature, top_p).masked_fill(finished, tokenizer.pad_token_id)
+        tokens.append(token)
+        finished |= torch.isin(token, stops)
+        if finished.all():
+            break
+        ids, positions = token[:, None], positions[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+    return torch.stack(tokens, dim=1)
 
 
 def generate_texts(model, tokenizer, prompts: list, max_new_tokens: int = 64, temperature: float = 0.0,

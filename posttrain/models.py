@@ -65,6 +65,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): about 2x its fp32 rate."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux: assume no
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def frozen_base_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:
+    """Storage dtype of a base model that is never trained (every role an adapter on it).
+
+    ``auto`` picks bf16 wherever bf16 matrix products are fast (a GPU with bf16, a CPU with AVX512-BF16
+    or AMX): it halves the base's memory and the time of every forward pass, and the trained weights
+    (adapters, heads, optimizer state) stay fp32. Elsewhere fp32.
+    """
+    if precision != "auto":
+        return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    device = device or default_device()
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+
+
 def default_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:
     """fp32 on CPU; bf16 on a GPU that supports it. ``precision`` forces one of bf16/fp16/fp32."""
     if precision != "auto":

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from posttrain.config import ConfigError, RLHFConfig, require, to_dict
 from posttrain.data import load_prompts
-from posttrain.generation import encode_prompts, sample
+from posttrain.generation import encode_prompts
 from posttrain.models import resolve_model
 from posttrain.report import plot_curves, write_metrics, write_model_card
 from posttrain.rl import (
@@ -61,6 +61,19 @@ def prompt_indices(n_prompts: int, cursor: int, count: int, seed: int) -> list[i
         order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch))
         out.append(int(order[offset]))
     return out
+
+
+def minibatch_span(attention_mask: torch.Tensor, response_mask: torch.Tensor, context: int) -> tuple[int, int]:
+    """(first column, response width) of a minibatch without its all-padding columns.
+
+    attention_mask: (rows, context + response_len); response_mask: (rows, response_len) bool. Rows are
+    left-padded prompts and right-padded responses sized for the whole batch; a minibatch's own
+    longest prompt and response are often shorter, and its forward passes need not pay for the rest.
+    """
+    first = int(attention_mask[:, :context].any(0).long().argmax())
+    filled = response_mask.any(0).nonzero()
+    width = int(filled[-1]) + 1 if len(filled) else 1
+    return first, width
 
 
 def _sync_grads(params: list[torch.nn.Parameter], accelerator) -> None:
@@ -138,9 +151,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         cursor += rollout.batch_size * world
         batch_prompts = [prompts[i]["prompt"] for i in indices[rank * rollout.batch_size:(rank + 1) * rollout.batch_size]]
         query, query_mask, _ = encode_prompts(tokenizer, batch_prompts, rollout.max_prompt_length, accelerator.device)
-        with roles.role(POLICY):
-            response = sample(roles.model, tokenizer, query, query_mask, rollout.max_new_tokens,
-                              rollout.temperature, rollout.top_p)
+        response = roles.rollout(query, query_mask, rollout.max_new_tokens, rollout.temperature, rollout.top_p)
         cut = truncate_after_stop(response, roles.stop_ids, tokenizer.pad_token_id)
         mask = cut.mask
         input_ids = torch.cat([query, cut.ids], dim=1)
@@ -178,6 +189,8 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             if ppo.whiten_advantages:
                 advantages = whiten_advantages(advantages, mask)
 
+        score_seconds = time.time() - started - rollout_seconds
+
         # 5. PPO epochs over minibatches
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
                                                          "approx_kl", "entropy", "ratio")}
@@ -186,18 +199,21 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             order = torch.randperm(rollout.batch_size)
             for number, start in enumerate(range(0, rollout.batch_size, ppo.minibatch_size)):
                 rows = order[start:start + ppo.minibatch_size]
-                ids, attn, m = input_ids[rows], attention_mask[rows], mask[rows]
+                first, width = minibatch_span(attention_mask[rows], mask[rows], context)
+                ids, attn = input_ids[rows, first:context + width], attention_mask[rows, first:context + width]
+                ctx, m = context - first, mask[rows, :width]
                 # policy and critic losses touch disjoint parameters: backpropagating the policy's before the
                 # critic's forward gives the same gradients with one activation graph alive at a time
-                logprobs, entropy = roles.policy_logprobs(POLICY, ids, attn, context, rollout.temperature, with_entropy=True)
-                pg = ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], m, ppo.clip_eps)
+                logprobs, entropy = roles.policy_logprobs(POLICY, ids, attn, ctx, rollout.temperature, with_entropy=True,
+                                                          entropy_grad=ppo.entropy_coef != 0)
+                pg = ppo_policy_loss(logprobs, old_logprobs[rows, :width], advantages[rows, :width], m, ppo.clip_eps)
                 ent = entropy_bonus(entropy, m, ppo.entropy_coef)
                 if not torch.isfinite(pg.loss + ent.loss):
                     _halt_on_nan(output, step, "the PPO policy loss")
                 ((pg.loss + ent.loss) / ppo.grad_accum).backward()
                 del logprobs, entropy
-                values = roles.values(ids, attn, context)
-                vf = value_loss(values, old_values[rows], returns[rows], m, ppo.value_clip_eps)
+                values = roles.values(ids, attn, ctx)
+                vf = value_loss(values, old_values[rows, :width], returns[rows, :width], m, ppo.value_clip_eps)
                 if not torch.isfinite(vf.loss):
                     _halt_on_nan(output, step, "the PPO value loss")
                 (ppo.vf_coef * vf.loss / ppo.grad_accum).backward()
@@ -230,6 +246,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         kl_ctl.update(step_stats["kl"], rollout.batch_size * world)
         record = {"step": step + 1, **step_stats, "beta": beta, "lr": scheduler.get_last_lr()[0],
                   "epoch_stopped_early": float(stopped_early), "rollout_seconds": rollout_seconds,
+                  "score_seconds": score_seconds, "optimise_seconds": time.time() - started - rollout_seconds - score_seconds,
                   "step_seconds": time.time() - started}
         history.append(record)
         if step == start_step == 0 or step + 1 == ppo.steps:

@@ -106,16 +106,20 @@ def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_
         assert key in history[0], key
 
 
-def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
     """At step 1 the policy is the reference and the rollout policy: KL is 0 and the ratio is 1 before any update.
 
-    One epoch with one minibatch means the ratio is measured before the only optimizer step of the step."""
+    One epoch with one minibatch means the ratio is measured before the only optimizer step of the step.
+    Holds with the base stored in bf16 too: old, reference and new log-probs take the same path."""
     from posttrain.stages.rlhf import run_rlhf
 
     records = []
     config = ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo",
-                        **{"ppo.steps": 1, "ppo.minibatch_size": 4})
-    run_rlhf(config, on_step=lambda roles, record: records.append(record))
+                        **{"ppo.steps": 1, "ppo.minibatch_size": 4, "precision": precision})
+    dtypes = []
+    run_rlhf(config, on_step=lambda roles, record: (records.append(record), dtypes.append(roles.model.get_base_model().dtype)))
+    assert dtypes == [torch.float32 if precision == "fp32" else torch.bfloat16]
     assert records[0]["kl"] == 0.0
     assert records[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
     assert records[0]["clip_frac"] == 0.0

@@ -1,0 +1,59 @@
+"""The rollout sampler: the draw follows the distribution, nucleus filtering, greedy decoding, stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.generation import encode_prompts, next_token, sample
+
+
+def test_draws_follow_the_softmax_and_skip_zero_probability_tokens():
+    torch.manual_seed(0)
+    # probabilities 0.1, 0.2, 0.7 and 0 (a -inf logit); temperature 1 keeps them
+    logits = torch.tensor([0.1, 0.2, 0.7, 0.0]).log().expand(20000, 4)
+    draws = next_token(logits, temperature=1.0)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[:3].tolist() == pytest.approx([0.1, 0.2, 0.7], abs=0.015)
+    assert freq[3] == 0
+
+
+def test_temperature_sharpens_and_top_p_cuts_the_tail():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(20000, 4)
+    # temperature 0.5 squares the probabilities before renormalising: 0.25 / (0.25+0.09+0.0225+0.0025) = 0.685
+    cold = torch.bincount(next_token(logits, temperature=0.5), minlength=4).float() / 20000
+    assert cold[0] == pytest.approx(0.25 / 0.365, abs=0.015)
+    # top_p 0.7: 0.5 alone is short of 0.7, 0.5+0.3 reaches it; the last two tokens are never drawn
+    nucleus = torch.bincount(next_token(logits, temperature=1.0, top_p=0.7), minlength=4).float() / 20000
+    assert nucleus[2:].sum() == 0
+    assert nucleus[0] == pytest.approx(0.5 / 0.8, abs=0.015)
+    assert next_token(logits[:2], temperature=0.0).tolist() == [0, 0]
+
+
+def test_greedy_sampling_matches_transformers_generate(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models import stop_token_ids
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [[{"role": "user", "content": "Say hello."}], [{"role": "user", "content": "What is two plus two, please?"}]]
+    query, mask, _ = encode_prompts(tokenizer, prompts, 64, torch.device("cpu"))
+    ours = sample(model, tokenizer, query, mask, max_new_tokens=12, temperature=0.0)
+    theirs = model.generate(input_ids=query, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                            eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)[:, query.shape[1]:]
+    assert torch.equal(ours, theirs[:, : ours.shape[1]])
+
+
+def test_rows_are_padded_after_their_stop_token(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    stop = tokenizer.eos_token_id
+    with torch.no_grad():  # make the stop token overwhelmingly likely, so every row ends at its first token
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+        model.lm_head.bias[stop] = 1e4
+    query, mask, _ = encode_prompts(tokenizer, ["a", "longer prompt here"], 16, torch.device("cpu"))
+    out = sample(model, tokenizer, query, mask, max_new_tokens=5, temperature=1.0)
+    assert out.shape == (2, 1)  # the loop ends once every row has stopped
+    assert out[:, 0].tolist() == [stop, stop]
