@@ -9,6 +9,7 @@ processes: each samples its own share of prompts, and gradients are averaged acr
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,17 +64,34 @@ def prompt_indices(n_prompts: int, cursor: int, count: int, seed: int) -> list[i
     return out
 
 
-def minibatch_span(attention_mask: torch.Tensor, response_mask: torch.Tensor, context: int) -> tuple[int, int]:
-    """(first column, response width) of a minibatch without its all-padding columns.
+@dataclass
+class RowView:
+    """Some rows of a rollout batch without their all-padding columns.
 
-    attention_mask: (rows, context + response_len); response_mask: (rows, response_len) bool. Rows are
-    left-padded prompts and right-padded responses sized for the whole batch; a minibatch's own
-    longest prompt and response are often shorter, and its forward passes need not pay for the rest.
+    The batch's prompts are left-padded and its responses right-padded to the longest in the whole batch;
+    a minibatch's own longest prompt and response are often shorter, and its forward passes need not pay
+    for the rest. ids, attn: (rows, context + width); mask: (rows, width) bool, the response tokens.
     """
-    first = int(attention_mask[:, :context].any(0).long().argmax())
-    filled = response_mask.any(0).nonzero()
+
+    rows: torch.Tensor
+    ids: torch.Tensor
+    attn: torch.Tensor
+    mask: torch.Tensor
+    context: int
+    width: int
+
+    def scatter(self, into: torch.Tensor, values: torch.Tensor) -> None:
+        """Write per-token ``values`` (rows, width) into the batch-shaped ``into`` (batch, response_len)."""
+        into[self.rows, :self.width] = values.to(into.dtype)
+
+
+def view_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, context: int,
+              rows: torch.Tensor) -> RowView:
+    first = int(attention_mask[rows, :context].any(0).long().argmax())
+    filled = response_mask[rows].any(0).nonzero()
     width = int(filled[-1]) + 1 if len(filled) else 1
-    return first, width
+    return RowView(rows, input_ids[rows, first:context + width], attention_mask[rows, first:context + width],
+                   response_mask[rows, :width], context - first, width)
 
 
 def _sync_grads(params: list[torch.nn.Parameter], accelerator) -> None:
@@ -116,7 +134,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     torch.manual_seed(ppo.seed + rank)  # and samples its own rollouts
     tokenizer = roles.tokenizer
     params = roles.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=ppo.lr, eps=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=ppo.lr, eps=1e-5, fused=accelerator.device.type in ("cpu", "cuda"))
     minibatches = rollout.batch_size // ppo.minibatch_size
     total_updates = max(1, ppo.steps * ppo.epochs * minibatches // ppo.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: max(0.0, 1.0 - update / total_updates))
@@ -159,8 +177,15 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         context = query.shape[1]
         rollout_seconds = time.time() - started
 
+        # 2. score: reward model at the last response token; old log-probs, reference log-probs, values.
+        # Epoch 1's first minibatch trains on the rollout's own weights, so its training forwards give the
+        # old log-probs and values of its rows: those rows are not scored twice.
+        order = torch.randperm(rollout.batch_size)
+        first = view_rows(input_ids, attention_mask, mask, context, order[:ppo.minibatch_size])
+        logprobs, entropy = roles.policy_logprobs(POLICY, first.ids, first.attn, first.context, rollout.temperature,
+                                                  with_entropy=True, entropy_grad=ppo.entropy_coef != 0)
+        values = roles.values(first.ids, first.attn, first.context)
         with torch.no_grad():
-            # 2. score: reward model at the last response token; old log-probs, reference log-probs, values
             scores = roles.scores(query, query_mask, cut.ids, cut.lengths, batch_prompts)
             raw_scores = scores.clone()
             if rollout.penalise_no_eos:
@@ -170,14 +195,21 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
                 scores = moments.normalize(scores)
             if ppo.reward_clip > 0:
                 scores = scores.clamp(-ppo.reward_clip, ppo.reward_clip)
-            old_logprobs = roles.policy_logprobs(POLICY, input_ids, attention_mask, context, rollout.temperature)
-            ref_logprobs = roles.policy_logprobs(roles.reference_adapter, input_ids, attention_mask, context, rollout.temperature)
-            old_values = roles.values(input_ids, attention_mask, context)
-            old_logprobs = old_logprobs.masked_fill(~mask, 0)
-            ref_logprobs = ref_logprobs.masked_fill(~mask, 0)
-            old_values = old_values.masked_fill(~mask, 0)
             if not torch.isfinite(scores).all():
                 _halt_on_nan(output, step, "reward scores")
+            old_logprobs, ref_logprobs, old_values = (torch.zeros(mask.shape, device=mask.device) for _ in range(3))
+            first.scatter(old_logprobs, logprobs.detach())
+            first.scatter(old_values, values.detach())
+            # the reference sees each row in the same padded shape as the policy, so at the first step KL is 0 exactly
+            first.scatter(ref_logprobs, roles.policy_logprobs(roles.reference_adapter, first.ids, first.attn, first.context,
+                                                              rollout.temperature))
+            if rollout.batch_size > ppo.minibatch_size:
+                rest = view_rows(input_ids, attention_mask, mask, context, order[ppo.minibatch_size:])
+                rest.scatter(old_logprobs, roles.policy_logprobs(POLICY, rest.ids, rest.attn, rest.context, rollout.temperature))
+                rest.scatter(ref_logprobs, roles.policy_logprobs(roles.reference_adapter, rest.ids, rest.attn, rest.context,
+                                                                 rollout.temperature))
+                rest.scatter(old_values, roles.values(rest.ids, rest.attn, rest.context))
+            old_logprobs, ref_logprobs, old_values = (t.masked_fill(~mask, 0) for t in (old_logprobs, ref_logprobs, old_values))
 
             # 3. KL-penalised per-token rewards: -beta * KL at every token, the score at the last one
             kl = kl_penalty(old_logprobs, ref_logprobs, ppo.kl_estimator).masked_fill(~mask, 0)
@@ -188,35 +220,37 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             advantages, returns = compute_gae(old_values, rewards.rewards, mask, ppo.gamma, ppo.lam)
             if ppo.whiten_advantages:
                 advantages = whiten_advantages(advantages, mask)
-
         score_seconds = time.time() - started - rollout_seconds
 
         # 5. PPO epochs over minibatches
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
                                                          "approx_kl", "entropy", "ratio")}
         stopped_early = False
-        for _ in range(ppo.epochs):
-            order = torch.randperm(rollout.batch_size)
+        for epoch in range(ppo.epochs):
+            if epoch:
+                order = torch.randperm(rollout.batch_size)
             for number, start in enumerate(range(0, rollout.batch_size, ppo.minibatch_size)):
-                rows = order[start:start + ppo.minibatch_size]
-                first, width = minibatch_span(attention_mask[rows], mask[rows], context)
-                ids, attn = input_ids[rows, first:context + width], attention_mask[rows, first:context + width]
-                ctx, m = context - first, mask[rows, :width]
+                mb = first if epoch == number == 0 else view_rows(input_ids, attention_mask, mask, context,
+                                                                  order[start:start + ppo.minibatch_size])
+                rows, width, m = mb.rows, mb.width, mb.mask
                 # policy and critic losses touch disjoint parameters: backpropagating the policy's before the
                 # critic's forward gives the same gradients with one activation graph alive at a time
-                logprobs, entropy = roles.policy_logprobs(POLICY, ids, attn, ctx, rollout.temperature, with_entropy=True,
-                                                          entropy_grad=ppo.entropy_coef != 0)
+                if mb is not first:
+                    logprobs, entropy = roles.policy_logprobs(POLICY, mb.ids, mb.attn, mb.context, rollout.temperature,
+                                                              with_entropy=True, entropy_grad=ppo.entropy_coef != 0)
                 pg = ppo_policy_loss(logprobs, old_logprobs[rows, :width], advantages[rows, :width], m, ppo.clip_eps)
                 ent = entropy_bonus(entropy, m, ppo.entropy_coef)
                 if not torch.isfinite(pg.loss + ent.loss):
                     _halt_on_nan(output, step, "the PPO policy loss")
                 ((pg.loss + ent.loss) / ppo.grad_accum).backward()
                 del logprobs, entropy
-                values = roles.values(ids, attn, ctx)
+                if mb is not first:
+                    values = roles.values(mb.ids, mb.attn, mb.context)
                 vf = value_loss(values, old_values[rows, :width], returns[rows, :width], m, ppo.value_clip_eps)
                 if not torch.isfinite(vf.loss):
                     _halt_on_nan(output, step, "the PPO value loss")
                 (ppo.vf_coef * vf.loss / ppo.grad_accum).backward()
+                del values
                 if (number + 1) % ppo.grad_accum == 0:
                     _sync_grads(params, accelerator)
                     torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
