@@ -126,6 +126,36 @@ def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_
     assert records[0]["approx_kl"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """Sampling runs on base weights with the policy's LoRA delta folded in: the same function as the unmerged
+    adapter, and the base tensors are back as they were afterwards."""
+    from posttrain.generation import encode_prompts
+    from posttrain.stages.rlhf_roles import POLICY, Roles
+
+    roles = Roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="fp32"))
+    with torch.no_grad():
+        for name, param in roles.model.named_parameters():
+            if ".policy." in name and "lora_B" in name:
+                param.normal_(0, 0.5)  # a policy that differs from the base
+    before = {n: p.detach().clone() for n, p in roles.model.named_parameters()}
+    query, mask, _ = encode_prompts(roles.tokenizer, ["Name a fruit.", "Say hello to me."], 32, torch.device("cpu"))
+
+    def logits():
+        return roles.model(input_ids=query, attention_mask=mask).logits
+
+    with torch.no_grad():
+        with roles._merged_policy():
+            folded = logits()
+        with roles.role(POLICY):
+            adapter = logits()
+        with roles.role(None):
+            base = logits()
+    assert torch.allclose(folded, adapter, atol=1e-5)
+    assert not torch.allclose(folded, base, atol=1e-3)
+    assert all(torch.equal(before[n], p) for n, p in roles.model.named_parameters())
+    assert roles.rollout(query, mask, 4, temperature=1.0, top_p=1.0).shape[0] == 2
+
+
 def test_policy_from_sft_adapter_keeps_a_frozen_reference_copy(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     """Starting from an SFT adapter: the reference is a frozen copy of it, so KL is 0 at the first step."""
     from posttrain.config import SFTConfig
