@@ -74,7 +74,7 @@ COMMANDS: dict[str, Command] = {
     "rm": Command("train a LoRA reward model on preference pairs", _lazy("posttrain.config", "RewardConfig"),
                   _lazy("posttrain.stages.reward", "run_reward")),
     "score": Command("score rows (or preference pairs) with a reward model", _lazy("posttrain.config", "ScoreConfig"),
-                     _lazy("posttrain.stages.reward", "run_score"), positional="model"),
+                     _lazy("posttrain.stages.score", "run_score"), positional="model"),
     "dpo": Command("direct preference optimisation of a LoRA adapter", _lazy("posttrain.config", "DPOConfig"),
                    _lazy("posttrain.stages.dpo", "run_dpo")),
     "rlhf": Command("PPO against a reward model under a KL leash", _lazy("posttrain.config", "RLHFConfig"),

@@ -150,7 +150,8 @@ class PPOSection:
     kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator.")
     adaptive_kl: bool = doc(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
     target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.")
-    kl_horizon: int = doc(10000, "Horizon of the adaptive KL controller.")
+    kl_horizon: int = doc(100, "Rollouts over which the adaptive beta moves: each step changes it by at most "
+                               "0.2 x rollouts/horizon. Ziegler et al. used 10000 with batches of 512; 100 suits batches of 8.")
     normalize_rewards: bool = doc(False, "Normalise scores with running mean/std before the KL penalty.")
     reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).")
     save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).")

@@ -135,7 +135,7 @@ def implicit_reward_accuracy(model_name: str, pairs: list[dict], batch_size: int
 
 
 def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -> dict[str, Any]:
-    from posttrain.stages.reward import load_reward_model
+    from posttrain.stages.reward_model import load_reward_model
 
     rm = load_reward_model(folder)
     prompts = [p["prompt"] for p in pairs]
@@ -175,7 +175,7 @@ def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, rew
         for row, text, length in zip(rows, texts, lengths):
             row[label], row[f"{label}_tokens"] = text, length
     if reward_model:
-        from posttrain.stages.reward import load_reward_model
+        from posttrain.stages.reward_model import load_reward_model
 
         rm = load_reward_model(reward_model)
         for label in models:

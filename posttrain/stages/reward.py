@@ -1,20 +1,6 @@
-"""Reward model: a scalar head on the base model, trained in full, and a LoRA adapter on the body, trained
-with the pairwise Bradley-Terry loss on TRL's RewardTrainer. ``posttrain score`` reads rows with it.
-
-The checkpoint ``posttrain rm`` writes:
-
-    adapter_config.json, adapter_model.safetensors  a peft SEQ_CLS adapter: LoRA on the transformer's linear layers,
-                                                    the head (``score``) in modules_to_save
-    reward_head.safetensors                         the head alone: "weight" (1, hidden) and "bias" when it has one
-    tokenizer files, posttrain.json                 stage "rm", base_model, reward_mean/reward_std on held-out pairs
-    metrics.json, README.md, *.png                  the report
-
-``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
-it; the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
-head from reward_head.safetensors, so the reward model costs no second copy of the base weights.
-
-The reward of a prompt + response is the head applied to the last token's hidden state (right padding, the
-position found from the attention mask), in training, in ``score`` and in the PPO stage alike.
+"""``posttrain rm``: a reward model trained on preference pairs. A scalar head on the base model, trained in
+full, and a LoRA adapter on the body, trained with the pairwise Bradley-Terry loss on TRL's RewardTrainer.
+The checkpoint layout and the reward of a sequence are in reward_model.py; ``posttrain score`` in score.py.
 """
 
 from __future__ import annotations
@@ -29,20 +15,13 @@ import torch
 import trl
 from datasets import Dataset
 
-from posttrain.config import LoraSection, RewardConfig, ScoreConfig, require, to_dict
+from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import (
-    DataError,
-    PREFERENCE_FORMATS,
-    SFT_FORMATS,
-    Row,
     encode_response,
     load_preferences,
-    read_rows,
-    sft_example,
     split_holdout,
 )
 from posttrain.models import (
-    ModelError,
     adapter_base,
     default_device,
     default_dtype,
@@ -51,7 +30,6 @@ from posttrain.models import (
     lora_config,
     match_vocab,
     prepare_tokenizer,
-    resolve_model,
 )
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
@@ -64,119 +42,9 @@ from posttrain.stages.common import (
     save_stage_files,
     trl_config,
 )
+from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, load_scorer_base, score_ids, sequence_rewards
 
-HEAD_FILE = "reward_head.safetensors"
-HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
-
-
-# ---------------------------------------------------------------------------------------------
-# The reward of a sequence
-# ---------------------------------------------------------------------------------------------
-
-
-def _parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(transformer body, scalar head) of a sequence-classification model, with or without peft around it."""
-    seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(seqcls, seqcls.base_model_prefix)
-    for name in HEAD_NAMES:
-        if hasattr(seqcls, name):
-            return body, getattr(seqcls, name)
-    raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
-
-
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reward (batch,) of each row: the head on the hidden state of its last attended token.
-
-    Args:
-        model: a sequence-classification model (a PeftModel with the reward adapter active, or plain).
-        input_ids: (batch, seq_len), right-padded.
-        attention_mask: (batch, seq_len), 1 on real tokens.
-    """
-    body, head = _parts(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (positions * attention_mask.long()).argmax(-1)
-    return head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).float()
-
-
-def _pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def _score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        ids, mask = _pad(rows[start:start + batch_size], pad_id, device)
-        scores.extend(sequence_rewards(model, ids, mask).tolist())
-    return scores
-
-
-@dataclass
-class RewardModel:
-    """A trained reward model, in eval mode: the peft sequence-classification model, its tokenizer, its base."""
-
-    model: Any
-    tokenizer: Any
-    base_model: str
-
-    def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], int]:
-        """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
-        rows, cut = [], 0
-        for prompt, response in zip(prompts, responses, strict=True):
-            ids = encode_response(self.tokenizer, prompt, response)
-            if len(ids) > max_length:
-                ids, cut = ids[-max_length:], cut + 1  # keep the end: the reward is read at the last token
-            rows.append(ids)
-        return rows, cut
-
-    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
-        """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
-        rows, _ = self.encode(prompts, responses, max_length)
-        return _score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
-
-
-def _load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
-    """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    path = resolve_model(name)
-    try:
-        with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
-                         "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
-    return model.to(device)
-
-
-def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
-    """Load a ``posttrain rm`` checkpoint on its base model, in eval mode."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    folder = Path(folder)
-    if not is_adapter_folder(folder) or not (folder / HEAD_FILE).is_file():
-        raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
-                         "make one with `posttrain rm`.")
-    device = device or default_device()
-    base_name = adapter_base(folder)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
-    base = _load_scorer_base(base_name, dtype or default_dtype(device), device)
-    match_vocab(base, tokenizer)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, str(folder)).to(device)
-    model.eval()
-    return RewardModel(model, tokenizer, base_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +85,7 @@ class PairIds:
         return rows
 
 
-def _response_tokens(tokenizer, response) -> int:
+def response_tokens(tokenizer, response) -> int:
     text = response if isinstance(response, str) else "".join(m["content"] for m in response if m["role"] == "assistant")
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -235,8 +103,8 @@ def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -
         chosen.append(c)
         rejected.append(r)
     margins = [e["margin"] for e in kept] if kept and "margin" in kept[0] else None
-    return PairIds(chosen, rejected, margins, [_response_tokens(tokenizer, e["chosen"]) for e in kept],
-                   [_response_tokens(tokenizer, e["rejected"]) for e in kept]), over
+    return PairIds(chosen, rejected, margins, [response_tokens(tokenizer, e["chosen"]) for e in kept],
+                   [response_tokens(tokenizer, e["rejected"]) for e in kept]), over
 
 
 def build_model(model_name: str, lora: LoraSection, seed: int):
@@ -262,7 +130,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int):
         base_name = model_name
         tokenizer = load_tokenizer(model_name)
     set_seed(seed)  # the head starts random: seed it
-    base = _load_scorer_base(base_name, default_dtype(device), device)
+    base = load_scorer_base(base_name, default_dtype(device), device)
     new_ids = match_vocab(base, tokenizer)
     base.config.pad_token_id = tokenizer.pad_token_id
     model = get_peft_model(base, lora_config(lora, task_type="SEQ_CLS", new_token_ids=new_ids))
@@ -280,7 +148,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int):
 
 def head_state(model) -> dict[str, torch.Tensor]:
     """The trained scalar head alone, as "weight" (1, hidden) and "bias" when it has one."""
-    _, head = _parts(model)
+    _, head = body_and_head(model)
     if hasattr(head, "modules_to_save"):  # peft's wrapper: the trained copy of the active adapter
         active = head.active_adapter
         module = head.modules_to_save[active if isinstance(active, str) else active[0]]
@@ -330,8 +198,8 @@ def pearson(xs: list[float], ys: list[float]) -> float:
 def pair_stats(model, pairs: PairIds, pad_id: int, batch_size: int) -> PairStats:
     was_training = model.training
     model.eval()
-    chosen = _score_ids(model, pairs.chosen, pad_id, batch_size)
-    rejected = _score_ids(model, pairs.rejected, pad_id, batch_size)
+    chosen = score_ids(model, pairs.chosen, pad_id, batch_size)
+    rejected = score_ids(model, pairs.rejected, pad_id, batch_size)
     model.train(was_training)
     return PairStats(chosen, rejected, pairs.chosen_len, pairs.rejected_len)
 
@@ -450,69 +318,3 @@ READ_ME_LAYOUT = """## Layout
 layers and the scalar head `score` in full (modules_to_save). `reward_head.safetensors` holds the head alone
 (`weight` of shape (1, hidden), `bias` if any), for loading the LoRA weights onto another model of the same base.
 The reward is the head on the hidden state of the last token of the chat-template rendering of prompt + response."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring files
-# ---------------------------------------------------------------------------------------------
-
-
-def _scored_row(row: Row, source: str) -> tuple[Any, Any]:
-    """(prompt, response) of one row to score: prompt/completion (or response), messages, alpaca or sharegpt."""
-    data = dict(row.data)
-    if "response" in data and "completion" not in data and "prompt" in data:
-        data["completion"] = data["response"]
-    example = sft_example(Row(data, row.where), source)
-    if "messages" not in example:
-        return example["prompt"], example["completion"]
-    messages = example["messages"]
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    if last == 0:
-        raise DataError(source, row.where, "the conversation starts with the assistant turn; there is no prompt to score it against.", SFT_FORMATS)
-    return messages[:last], messages[last]["content"]
-
-
-def _default_output(data: str) -> Path:
-    path = Path(data)
-    return path.with_name(path.name.removesuffix(path.suffix) + ".scored.jsonl")
-
-
-def run_score(config: ScoreConfig) -> dict[str, Any]:
-    """Score rows with a reward model and write them back with a ``reward`` field; on preference pairs,
-    also report pairwise accuracy. Returns the summary it prints."""
-    require(config, "model", "data")
-    rows = read_rows(config.data, PREFERENCE_FORMATS + "\n" + SFT_FORMATS)
-    pairs = "chosen" in rows[0].data and "rejected" in rows[0].data
-    if pairs:
-        table = load_preferences(config.data)
-    else:
-        scored = [_scored_row(row, config.data) for row in rows]
-    rm = load_reward_model(config.model)
-    output = Path(config.output) if config.output else _default_output(config.data)
-
-    if pairs:
-        prompts = [e["prompt"] for e in table.rows]
-        chosen_ids, cut_c = rm.encode(prompts, [e["chosen"] for e in table.rows], config.max_length)
-        rejected_ids, cut_r = rm.encode(prompts, [e["rejected"] for e in table.rows], config.max_length)
-        pad = rm.tokenizer.pad_token_id
-        stats = PairStats(_score_ids(rm.model, chosen_ids, pad, config.batch_size), _score_ids(rm.model, rejected_ids, pad, config.batch_size),
-                          [_response_tokens(rm.tokenizer, e["chosen"]) for e in table.rows],
-                          [_response_tokens(rm.tokenizer, e["rejected"]) for e in table.rows])
-        summary = {**stats.summary(), "rows_cut": cut_c + cut_r}
-        out_rows = [{**row.data, "reward_chosen": c, "reward_rejected": r} for row, c, r in zip(rows, stats.chosen, stats.rejected)]
-        log(f"pairwise accuracy {summary['accuracy']:.3f} over {summary['pairs']} pairs, mean margin {summary['mean_margin']:.3f}, "
-            f"corr(reward, length) {summary['length_correlation']:.3f}")
-    else:
-        ids, cut = rm.encode([p for p, _ in scored], [r for _, r in scored], config.max_length)
-        rewards = _score_ids(rm.model, ids, rm.tokenizer.pad_token_id, config.batch_size)
-        mean = sum(rewards) / len(rewards)
-        std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1))
-        summary = {"rows": len(rewards), "reward_mean": mean, "reward_std": std, "rows_cut": cut}
-        out_rows = [{**row.data, "reward": reward} for row, reward in zip(rows, rewards)]
-        log(f"scored {len(rewards)} rows: mean reward {mean:.3f}, std {std:.3f}")
-    if summary["rows_cut"]:
-        log(f"{summary['rows_cut']} sequences were longer than --max-length {config.max_length} and were cut from the left")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out_rows), encoding="utf-8")
-    log(f"wrote {len(out_rows)} scored rows to {output}")
-    return summary

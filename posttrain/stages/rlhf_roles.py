@@ -134,7 +134,7 @@ class Roles(nn.Module):
             self.value_head = load_head(rm_folder, hidden).to(self.device)
             log(f"reward model and critic share the base weights (adapters '{REWARD}', '{CRITIC}' from {rm_folder})")
         else:
-            from posttrain.stages.reward import load_reward_model
+            from posttrain.stages.reward_model import load_reward_model
 
             log(f"the reward model was trained on {rm_base}, not {self.base_name}: loading it separately (a second "
                 "copy of weights) and scoring responses from text")

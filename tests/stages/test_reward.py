@@ -12,7 +12,9 @@ import torch
 from posttrain.cli import main
 from posttrain.config import LoraSection, RewardConfig, ScoreConfig, TrainSection
 from posttrain.stages import reward as reward_stage
-from posttrain.stages.reward import build_reward_trainer, load_reward_model, pair_stats, run_reward, run_score
+from posttrain.stages.reward import build_reward_trainer, pair_stats, run_reward
+from posttrain.stages.reward_model import load_reward_model
+from posttrain.stages.score import run_score
 
 
 def write_jsonl(path, rows):

@@ -1,0 +1,143 @@
+"""A trained reward model: loading a ``posttrain rm`` checkpoint and reading the reward of a sequence.
+
+The checkpoint ``posttrain rm`` writes:
+
+    adapter_config.json, adapter_model.safetensors  a peft SEQ_CLS adapter: LoRA on the transformer's linear layers,
+                                                    the head (``score``) in modules_to_save
+    reward_head.safetensors                         the head alone: "weight" (1, hidden) and "bias" when it has one
+    tokenizer files, posttrain.json                 stage "rm", base_model, reward_mean/reward_std on held-out pairs
+
+``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
+it; the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
+head from reward_head.safetensors, so the reward model costs no second copy of the base weights.
+
+The reward of a prompt + response is the head applied to the last token's hidden state (right padding, the
+position found from the attention mask), in training, in ``score`` and in the PPO stage alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.data import encode_response
+from posttrain.models import (
+    ModelError,
+    adapter_base,
+    default_device,
+    default_dtype,
+    is_adapter_folder,
+    match_vocab,
+    prepare_tokenizer,
+    resolve_model,
+)
+
+HEAD_FILE = "reward_head.safetensors"
+HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
+
+
+def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformer body, scalar head) of a sequence-classification model, with or without peft around it."""
+    seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(seqcls, seqcls.base_model_prefix)
+    for name in HEAD_NAMES:
+        if hasattr(seqcls, name):
+            return body, getattr(seqcls, name)
+    raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward (batch,) of each row: the head on the hidden state of its last attended token.
+
+    Args:
+        model: a sequence-classification model (a PeftModel with the reward adapter active, or plain).
+        input_ids: (batch, seq_len), right-padded.
+        attention_mask: (batch, seq_len), 1 on real tokens.
+    """
+    body, head = body_and_head(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * attention_mask.long()).argmax(-1)
+    return head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).float()
+
+
+def _pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        ids, mask = _pad(rows[start:start + batch_size], pad_id, device)
+        scores.extend(sequence_rewards(model, ids, mask).tolist())
+    return scores
+
+
+@dataclass
+class RewardModel:
+    """A trained reward model, in eval mode: the peft sequence-classification model, its tokenizer, its base."""
+
+    model: Any
+    tokenizer: Any
+    base_model: str
+
+    def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], int]:
+        """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
+        rows, cut = [], 0
+        for prompt, response in zip(prompts, responses, strict=True):
+            ids = encode_response(self.tokenizer, prompt, response)
+            if len(ids) > max_length:
+                ids, cut = ids[-max_length:], cut + 1  # keep the end: the reward is read at the last token
+            rows.append(ids)
+        return rows, cut
+
+    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+        """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
+        rows, _ = self.encode(prompts, responses, max_length)
+        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
+
+
+def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
+    """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    path = resolve_model(name)
+    try:
+        with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
+                         "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
+    return model.to(device)
+
+
+def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
+    """Load a ``posttrain rm`` checkpoint on its base model, in eval mode."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not is_adapter_folder(folder) or not (folder / HEAD_FILE).is_file():
+        raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
+                         "make one with `posttrain rm`.")
+    device = device or default_device()
+    base_name = adapter_base(folder)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    base = load_scorer_base(base_name, dtype or default_dtype(device), device)
+    match_vocab(base, tokenizer)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(folder)).to(device)
+    model.eval()
+    return RewardModel(model, tokenizer, base_name)
