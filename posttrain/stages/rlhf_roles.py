@@ -147,6 +147,14 @@ class Roles(nn.Module):
             self.reward_head = None
         self._lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n or "trainable_tokens" in n]
         self._restore_trainable()
+        if self.dtype == torch.bfloat16:
+            # every adapter forward runs under bf16 autocast (see _hidden), so peft's cast of each LoRA input
+            # to the adapters' fp32 would only add an activation-sized copy there and back
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.cast_input_dtype_enabled = False
         self.model.eval()  # no dropout anywhere: rollout and training log-probs must agree
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.reward_suffix = _template_suffix(self.tokenizer)
@@ -197,7 +205,7 @@ class Roles(nn.Module):
         self._set_attention("eager" if eager else self._attention)
         # with a bf16 base, autocast runs the fp32 adapters' products in bf16 too (their weights and gradients
         # stay fp32): about 20% off a training pass on a CPU, and no fp32 copies of the activations
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        with self._autocast():
             out = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                        position_ids=position_ids(attention_mask), use_cache=False)
         return out.last_hidden_state
@@ -208,8 +216,11 @@ class Roles(nn.Module):
                 top_p: float) -> torch.Tensor:
         """Sampled responses (batch, response_len) of the policy; see posttrain.generation.sample."""
         self._set_attention(self._attention)  # the same kernel every step, so a resumed run samples alike
-        with self._merged_policy():
+        with self._merged_policy(), self._autocast():
             return sample(self.model, self.tokenizer, query, query_mask, max_new_tokens, temperature, top_p)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
 
     @contextlib.contextmanager
     def _merged_policy(self) -> Iterator[None]:

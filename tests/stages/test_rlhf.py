@@ -239,3 +239,25 @@ def test_two_processes_shard_rollouts_and_all_reduce_gradients(tiny_model_dir, t
     assert ranks[0]["policy"] == ranks[1]["policy"]
     assert ranks[0]["prompts"] != ranks[1]["prompts"]
     assert (output / "posttrain.json").is_file()
+
+
+def test_minibatch_views_drop_only_columns_that_are_padding_in_every_row():
+    from posttrain.stages.rlhf import view_rows
+
+    # three rows, prompt width 4 (left-padded), response width 5 (right-padded):
+    # row 0: prompt of 2, response of 3; row 1: prompt of 3, response of 1; row 2: prompt of 4, response of 5
+    prompt_mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    ids = torch.arange(27).view(3, 9)
+    view = view_rows(ids, attention, response_mask, 4, torch.tensor([0, 1]))
+    # rows 0 and 1: the first prompt column is padding in both, and responses end by column 3
+    assert (view.context, view.width) == (3, 3)
+    assert view.ids.tolist() == [[1, 2, 3, 4, 5, 6], [10, 11, 12, 13, 14, 15]]
+    assert view.mask.tolist() == [[True, True, True], [True, False, False]]
+    full = torch.zeros(3, 5)
+    view.scatter(full, torch.ones(2, 3))
+    assert full.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    # with row 2 in the minibatch nothing can be dropped
+    whole = view_rows(ids, attention, response_mask, 4, torch.tensor([2, 0]))
+    assert (whole.context, whole.width, whole.ids.shape) == (4, 5, (2, 9))
