@@ -77,16 +77,14 @@ def cpu_has_fast_bf16() -> bool:
 def frozen_base_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:
     """Storage dtype of a base model that is never trained (every role an adapter on it).
 
-    ``auto`` picks bf16 wherever bf16 matrix products are fast (a GPU with bf16, a CPU with AVX512-BF16
-    or AMX): it halves the base's memory and the time of every forward pass, and the trained weights
-    (adapters, heads, optimizer state) stay fp32. Elsewhere fp32.
+    As :func:`default_dtype`, except that ``auto`` also picks bf16 on a CPU with AVX512-BF16 or AMX: it
+    halves the base's memory and the time of every forward pass, while the trained weights (adapters,
+    heads, optimizer state) stay fp32.
     """
-    if precision != "auto":
-        return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     device = device or default_device()
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+    if precision == "auto" and device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return default_dtype(device, precision)
 
 
 def default_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:
