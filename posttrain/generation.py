@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
+from torch import nn
 
 from posttrain.data import render_prompt
 from posttrain.models import stop_token_ids
@@ -99,6 +103,55 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
         ids, positions = token[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
     return torch.stack(tokens, dim=1)
+
+
+DECODE_ROWS = 8  # the row count oneDNN lays packed weights out for: decoding steps are a batch of single tokens
+
+
+@contextlib.contextmanager
+def swapped_weights(weights: Iterable[tuple[nn.Linear, torch.Tensor]]) -> Iterator[None]:
+    """Run each linear layer with the weight paired with it inside the block; its own tensor is never written.
+
+    For decoding. On a CPU, bf16 weights are handed to oneDNN prepacked in the layout its small-batch
+    kernels read (``torch.ops.mkldnn``, what torch.compile's CPU backend does for frozen weights): a
+    decoding step multiplies a few rows by every weight, and there the packed product takes about 60% of
+    the plain one's time, with the same result to the bit. Elsewhere the weight tensors are swapped in.
+    ``weights`` may be a generator: each new weight is packed as it comes, so only one extra dense copy
+    is alive at a time. A weight that is already packed (see :func:`packed_weight`) is used as it is.
+    """
+    patched: list[tuple[nn.Linear, object]] = []
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        for linear, weight in weights:
+            packed = weight if weight.is_mkldnn else packed_weight(weight)
+            if packed is not None:
+                patched.append((linear, linear.__dict__.get("forward")))
+                linear.forward = functools.partial(_packed_linear, packed, linear.bias)
+            else:
+                swapped.append((linear.weight, linear.weight.data))
+                linear.weight.data = weight
+        yield
+    finally:
+        for linear, forward in patched:
+            del linear.forward
+            if forward is not None:
+                linear.forward = forward
+        for param, data in swapped:
+            param.data = data
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` prepacked for oneDNN's bf16 matmul, or None where that does not apply or is unsupported."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), DECODE_ROWS)
+    except (AttributeError, RuntimeError):  # an older torch, or a CPU oneDNN has no bf16 product for
+        return None
+
+
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
 
 
 def generate_texts(model, tokenizer, prompts: list, max_new_tokens: int = 64, temperature: float = 0.0,

@@ -57,3 +57,24 @@ def test_rows_are_padded_after_their_stop_token(tiny_model_dir, tokenizer):
     out = sample(model, tokenizer, query, mask, max_new_tokens=5, temperature=1.0)
     assert out.shape == (2, 1)  # the loop ends once every row has stopped
     assert out[:, 0].tolist() == [stop, stop]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swapped_weights_compute_with_the_new_weight_and_leave_the_layer_as_it_was(dtype):
+    """Inside the block a layer multiplies by the weight handed in (bf16 on a CPU: prepacked for oneDNN, with
+    the same result to the bit as the plain product); afterwards its own weight and forward are back."""
+    from posttrain.generation import packed_weight, swapped_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48).to(dtype)
+    own = layer.weight.detach().clone()
+    new = torch.randn(48, 64, dtype=dtype)
+    x = torch.randn(8, 3, 64, dtype=dtype)
+    with torch.no_grad(), swapped_weights([(layer, new)]):
+        inside = layer(x)
+    assert torch.equal(inside, torch.nn.functional.linear(x, new, layer.bias))
+    assert torch.equal(layer.weight, own) and "forward" not in vars(layer)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, own, layer.bias))
+    if dtype == torch.bfloat16 and packed_weight(new) is None:
+        pytest.skip("this CPU's oneDNN has no bf16 product: the plain swap above was the path taken")
+    assert (packed_weight(new) is not None) == (dtype == torch.bfloat16)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from posttrain.config import LoraSection, RLHFConfig
-from posttrain.generation import position_ids, sample
+from posttrain.generation import packed_weight, position_ids, sample, swapped_weights
 from posttrain.models import (
     adapter_base,
     adapter_tokenizer,
@@ -147,15 +147,18 @@ class Roles(nn.Module):
             self.reward_head = None
         self._lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n or "trainable_tokens" in n]
         self._restore_trainable()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        self._tuner_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        self._auxiliary_layers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
         if self.dtype == torch.bfloat16:
             # every adapter forward runs under bf16 autocast (see _hidden), so peft's cast of each LoRA input
             # to the adapters' fp32 would only add an activation-sized copy there and back
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer):
-                    module.cast_input_dtype_enabled = False
+            for module in self._tuner_layers:
+                module.cast_input_dtype_enabled = False
         self.model.eval()  # no dropout anywhere: rollout and training log-probs must agree
+        self._packed_head = None  # the frozen vocabulary projection, packed for decoding at the first rollout
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.reward_suffix = _template_suffix(self.tokenizer)
 
@@ -172,7 +175,29 @@ class Roles(nn.Module):
 
     @contextlib.contextmanager
     def role(self, name: str | None) -> Iterator[None]:
-        """Run the block with adapter ``name`` active (None: adapters off)."""
+        """Run the block with adapter ``name`` active (None: adapters off).
+
+        Flips each adapter layer's own switches. peft's set_adapter and disable_adapter walk the whole module
+        tree and re-flag gradients on every call (15 to 50 ms a switch on the default model), and a PPO step
+        switches a dozen times. Models with auxiliary adapter modules (trainable new-token rows) go through
+        peft, which knows how to switch those."""
+        if self._auxiliary_layers:
+            with self._peft_role(name):
+                yield
+            return
+        for layer in self._tuner_layers:
+            layer._disable_adapters = name is None
+            if name is not None:
+                layer._active_adapter = [name]
+        try:
+            yield
+        finally:
+            if name is None:
+                for layer in self._tuner_layers:
+                    layer._disable_adapters = False
+
+    @contextlib.contextmanager
+    def _peft_role(self, name: str | None) -> Iterator[None]:
         if name is None:
             with self.model.disable_adapter():
                 yield
@@ -228,33 +253,36 @@ class Roles(nn.Module):
 
         Decoding is a few rows per step, where the unmerged adapter's extra small products cost about a third
         of the step. The base tensors are only swapped out, never written, so they cannot drift; the copies
-        are freed when the block ends. Log-probs for PPO are recomputed by the training forward (unmerged),
-        so the rounding of the merged bf16 weights only touches which tokens are drawn. Falls back to the
-        unmerged adapter when the policy has parts that do not fold into linear weights (e.g. new tokens).
+        (on a CPU in bf16, prepacked for oneDNN: see swapped_weights) are freed when the block ends. Log-probs
+        for PPO are recomputed by the training forward (unmerged), so the rounding of the merged weights only
+        touches which tokens are drawn. Falls back to the unmerged adapter when the policy has parts that do
+        not fold into linear weights (e.g. new tokens).
         """
-        from peft.tuners.lora import LoraLayer
         from peft.tuners.lora import Linear as LoraLinear
 
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer) and POLICY in m.lora_A]
-        foldable = all(isinstance(m, LoraLinear) and not m.use_dora.get(POLICY, False) and not m.lora_bias.get(POLICY, False)
-                       for m in layers) and not any(f".{POLICY}." in n for n, _ in self.model.named_parameters()
-                                                    if "lora_" not in n)
-        if not foldable:
+        layers = [m for m in self._tuner_layers if POLICY in getattr(m, "lora_A", {})]
+        foldable = all(isinstance(m, LoraLinear) and not m.fan_in_fan_out and not m.use_dora.get(POLICY, False)
+                       and not m.lora_bias.get(POLICY, False) for m in layers)
+        if not foldable or self._auxiliary_layers:
             with self.role(POLICY):
                 yield
             return
-        originals = []
-        try:
-            with torch.no_grad():
-                for layer in layers:
-                    weight = layer.base_layer.weight
-                    originals.append((weight, weight.data))
-                    weight.data = (weight.data.float() + layer.get_delta_weight(POLICY).float()).to(weight.dtype)
-            with self.model.disable_adapter():
-                yield
-        finally:
-            for weight, data in originals:
-                weight.data = data
+
+        def weights():
+            for layer in layers:
+                base = layer.base_layer.weight
+                with torch.no_grad():  # W + scale * B @ A in the base's dtype, rounded once
+                    weight = torch.addmm(base, layer.lora_B[POLICY].weight.to(base.dtype), layer.lora_A[POLICY].weight.to(base.dtype),
+                                         alpha=layer.scaling[POLICY])
+                yield layer.base_layer, weight
+            head = self.model.get_base_model().get_output_embeddings()
+            if self._packed_head is None:  # frozen: packed once per run
+                self._packed_head = packed_weight(head.weight)
+            if self._packed_head is not None:
+                yield head, self._packed_head
+
+        with swapped_weights(weights()), self.role(None):
+            yield
 
     def policy_logprobs(self, role: str | None, input_ids, attention_mask, context_len: int, temperature: float,
                         with_entropy: bool = False, entropy_grad: bool = True):
