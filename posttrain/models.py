@@ -351,9 +351,14 @@ def attach_adapter(
     model.set_adapter(name)
     if not trainable:
         for param_name, param in model.named_parameters():
-            if f".{name}." in param_name:
+            if belongs_to(param_name, name):
                 param.requires_grad_(False)
     return model
+
+
+def belongs_to(param_name: str, adapter: str) -> bool:
+    """Whether a PeftModel parameter is part of ``adapter``: ``...lora_A.policy.weight``, ``...trainable_tokens_delta.policy``."""
+    return f".{adapter}." in param_name or param_name.endswith(f".{adapter}")
 
 
 def list_adapters(model: torch.nn.Module) -> dict[str, bool]:

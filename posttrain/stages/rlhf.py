@@ -36,7 +36,7 @@ from posttrain.rl import (
     whiten_advantages,
 )
 from posttrain.stages.common import StageError, finished_checkpoint, log, save_stage_files
-from posttrain.stages.rlhf_roles import POLICY, Roles
+from posttrain.stages.rlhf_roles import CRITIC, POLICY, Roles
 from posttrain.stages.rlhf_state import checkpoint_dirs, load_checkpoint, rng_state, save_adapter, save_checkpoint, set_rng_state
 
 
@@ -92,6 +92,13 @@ def view_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ma
     width = int(filled[-1]) + 1 if len(filled) else 1
     return RowView(rows, input_ids[rows, first:context + width], attention_mask[rows, first:context + width],
                    response_mask[rows, :width], context - first, width)
+
+
+def policy_and_values(roles: Roles, rows: RowView, temperature: float, entropy_grad: bool):
+    """Policy log-probs and entropy, and critic values, of a minibatch's rows from one shared pass, with graphs."""
+    policy, critic = roles.hidden([POLICY, CRITIC], rows.ids, rows.attn)
+    logprobs, entropy = roles.logprobs(POLICY, policy, rows.ids, rows.context, temperature, with_entropy=True, entropy_grad=entropy_grad)
+    return logprobs, entropy, roles.values(critic, rows.context)
 
 
 def _sync_grads(params: list[torch.nn.Parameter], accelerator) -> None:
@@ -178,13 +185,12 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         rollout_seconds = time.time() - started
 
         # 2. score: reward model at the last response token; old log-probs, reference log-probs, values.
-        # Epoch 1's first minibatch trains on the rollout's own weights, so its training forwards give the
-        # old log-probs and values of its rows: those rows are not scored twice.
+        # Epoch 1's first minibatch trains on the rollout's own weights, so its training forward gives the old
+        # log-probs and values of its rows: those rows are not scored twice. Policy and critic (and, for the
+        # scores, the reference) share each batched pass: see Roles.hidden.
         order = torch.randperm(rollout.batch_size)
         first = view_rows(input_ids, attention_mask, mask, context, order[:ppo.minibatch_size])
-        logprobs, entropy = roles.policy_logprobs(POLICY, first.ids, first.attn, first.context, rollout.temperature,
-                                                  with_entropy=True, entropy_grad=ppo.entropy_coef != 0)
-        values = roles.values(first.ids, first.attn, first.context)
+        logprobs, entropy, values = policy_and_values(roles, first, rollout.temperature, ppo.entropy_coef != 0)
         with torch.no_grad():
             scores = roles.scores(query, query_mask, cut.ids, cut.lengths, batch_prompts)
             raw_scores = scores.clone()
@@ -201,14 +207,14 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             first.scatter(old_logprobs, logprobs.detach())
             first.scatter(old_values, values.detach())
             # the reference sees each row in the same padded shape as the policy, so at the first step KL is 0 exactly
-            first.scatter(ref_logprobs, roles.policy_logprobs(roles.reference_adapter, first.ids, first.attn, first.context,
-                                                              rollout.temperature))
+            (reference,) = roles.hidden([roles.reference_adapter], first.ids, first.attn)
+            first.scatter(ref_logprobs, roles.logprobs(roles.reference_adapter, reference, first.ids, first.context, rollout.temperature))
             if rollout.batch_size > ppo.minibatch_size:
                 rest = view_rows(input_ids, attention_mask, mask, context, order[ppo.minibatch_size:])
-                rest.scatter(old_logprobs, roles.policy_logprobs(POLICY, rest.ids, rest.attn, rest.context, rollout.temperature))
-                rest.scatter(ref_logprobs, roles.policy_logprobs(roles.reference_adapter, rest.ids, rest.attn, rest.context,
-                                                                 rollout.temperature))
-                rest.scatter(old_values, roles.values(rest.ids, rest.attn, rest.context))
+                policy, reference, critic = roles.hidden([POLICY, roles.reference_adapter, CRITIC], rest.ids, rest.attn)
+                rest.scatter(old_logprobs, roles.logprobs(POLICY, policy, rest.ids, rest.context, rollout.temperature))
+                rest.scatter(ref_logprobs, roles.logprobs(roles.reference_adapter, reference, rest.ids, rest.context, rollout.temperature))
+                rest.scatter(old_values, roles.values(critic, rest.context))
             old_logprobs, ref_logprobs, old_values = (t.masked_fill(~mask, 0) for t in (old_logprobs, ref_logprobs, old_values))
 
             # 3. KL-penalised per-token rewards: -beta * KL at every token, the score at the last one
@@ -233,24 +239,18 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
                 mb = first if epoch == number == 0 else view_rows(input_ids, attention_mask, mask, context,
                                                                   order[start:start + ppo.minibatch_size])
                 rows, width, m = mb.rows, mb.width, mb.mask
-                # policy and critic losses touch disjoint parameters: backpropagating the policy's before the
-                # critic's forward gives the same gradients with one activation graph alive at a time
                 if mb is not first:
-                    logprobs, entropy = roles.policy_logprobs(POLICY, mb.ids, mb.attn, mb.context, rollout.temperature,
-                                                              with_entropy=True, entropy_grad=ppo.entropy_coef != 0)
+                    logprobs, entropy, values = policy_and_values(roles, mb, rollout.temperature, ppo.entropy_coef != 0)
                 pg = ppo_policy_loss(logprobs, old_logprobs[rows, :width], advantages[rows, :width], m, ppo.clip_eps)
                 ent = entropy_bonus(entropy, m, ppo.entropy_coef)
+                vf = value_loss(values, old_values[rows, :width], returns[rows, :width], m, ppo.value_clip_eps)
                 if not torch.isfinite(pg.loss + ent.loss):
                     _halt_on_nan(output, step, "the PPO policy loss")
-                ((pg.loss + ent.loss) / ppo.grad_accum).backward()
-                del logprobs, entropy
-                if mb is not first:
-                    values = roles.values(mb.ids, mb.attn, mb.context)
-                vf = value_loss(values, old_values[rows, :width], returns[rows, :width], m, ppo.value_clip_eps)
                 if not torch.isfinite(vf.loss):
                     _halt_on_nan(output, step, "the PPO value loss")
-                (ppo.vf_coef * vf.loss / ppo.grad_accum).backward()
-                del values
+                # policy and critic losses touch disjoint parameters: one backward through the shared pass
+                ((pg.loss + ent.loss + ppo.vf_coef * vf.loss) / ppo.grad_accum).backward()
+                del logprobs, entropy, values
                 if (number + 1) % ppo.grad_accum == 0:
                     _sync_grads(params, accelerator)
                     torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)

@@ -5,8 +5,10 @@
     critic     LoRA adapter "critic" + a value head, both initialised from the reward model, trainable
     reward     LoRA adapter "reward" + the reward head, frozen
 
-The base model is loaded once; a forward pass for a role switches the active adapter. Heads read the
-transformer body's last hidden state, so no role pays for the vocabulary projection it does not use.
+The base model is loaded once. A forward pass runs its rows through one role's adapter, or stacks the same
+rows once per role and runs each block through its own adapter (rlhf_lora.py), so policy and critic train
+from one pass. Heads read the transformer body's last hidden state, so no role pays for the vocabulary
+projection it does not use.
 If the reward model was trained on a different base, it is loaded separately and scored from text.
 """
 
@@ -25,6 +27,7 @@ from posttrain.generation import packed_weight, position_ids, sample, swapped_we
 from posttrain.models import (
     adapter_base,
     adapter_tokenizer,
+    belongs_to,
     default_device,
     frozen_base_dtype,
     is_adapter_folder,
@@ -38,13 +41,15 @@ from posttrain.models import (
 )
 from posttrain.rl import logprobs_from_logits, entropy_from_logits
 from posttrain.stages.common import StageError, log
+from posttrain.stages.rlhf_lora import RowAdapters, blocks
 
 POLICY, REFERENCE, CRITIC, REWARD = "policy", "reference", "critic", "reward"
 EAGER_ATTENTION_MAX_LEN = 256
 
 
 def load_lora_weights(model, folder: Path, name: str, trainable: bool) -> None:
-    """Add the LoRA weights saved in ``folder`` to ``model`` as adapter ``name``.
+    """Add the LoRA weights saved in ``folder`` to ``model`` as adapter ``name``, with the new-token embedding
+    rows it trained, if any.
 
     Works across task types: the LoRA matrices of a sequence-classification reward model land on the
     same transformer layers of a causal-LM PeftModel; heads are loaded separately.
@@ -56,16 +61,23 @@ def load_lora_weights(model, folder: Path, name: str, trainable: bool) -> None:
     config = LoraConfig(
         r=saved["r"], lora_alpha=saved["lora_alpha"], lora_dropout=0.0, target_modules=saved["target_modules"],
         bias=saved.get("bias", "none"), use_rslora=saved.get("use_rslora", False), task_type="CAUSAL_LM",
+        trainable_token_indices=saved.get("trainable_token_indices"),
     )
     model.add_adapter(name, config)
-    state = {k: v for k, v in load_file(str(folder / "adapter_model.safetensors")).items() if "lora_" in k}
-    result = set_peft_model_state_dict(model, state, adapter_name=name)
+    state = {k: v for k, v in load_file(str(folder / "adapter_model.safetensors")).items()
+             if "lora_" in k or "trainable_tokens" in k}
+    try:
+        result = set_peft_model_state_dict(model, state, adapter_name=name)
+    except KeyError as missing:
+        raise StageError(f"{folder}: the adapter has no weights for {missing} that the model's other adapters have "
+                         "(new token rows); train the reward model and the policy from the same base or SFT "
+                         "checkpoint.") from None
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if missing:
         raise StageError(f"{folder}: {len(missing)} LoRA tensors do not fit the model (e.g. {missing[0]}); "
                          "was it trained on a different base model?")
     for param_name, param in model.named_parameters():
-        if f".{name}." in param_name:
+        if belongs_to(param_name, name):
             param.requires_grad_(trainable)
 
 
@@ -152,6 +164,10 @@ class Roles(nn.Module):
 
         self._tuner_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         self._auxiliary_layers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
+        # adapters by row blocks (several roles in one pass) where every adapter layer is plain LoRA; else
+        # peft's own forward, one role at a time
+        plain = not self._auxiliary_layers and RowAdapters.supports(self._tuner_layers)
+        self._rows = RowAdapters(self._tuner_layers, POLICY) if plain else None
         if self.dtype == torch.bfloat16:
             # every adapter forward runs under bf16 autocast (see _hidden), so peft's cast of each LoRA input
             # to the adapters' fp32 would only add an activation-sized copy there and back
@@ -175,26 +191,13 @@ class Roles(nn.Module):
 
     @contextlib.contextmanager
     def role(self, name: str | None) -> Iterator[None]:
-        """Run the block with adapter ``name`` active (None: adapters off).
-
-        Flips each adapter layer's own switches. peft's set_adapter and disable_adapter walk the whole module
-        tree and re-flag gradients on every call (15 to 50 ms a switch on the default model), and a PPO step
-        switches a dozen times. Models with auxiliary adapter modules (trainable new-token rows) go through
-        peft, which knows how to switch those."""
-        if self._auxiliary_layers:
+        """Run the block with adapter ``name`` active (None: adapters off)."""
+        if self._rows is None:
             with self._peft_role(name):
                 yield
-            return
-        for layer in self._tuner_layers:
-            layer._disable_adapters = name is None
-            if name is not None:
-                layer._active_adapter = [name]
-        try:
-            yield
-        finally:
-            if name is None:
-                for layer in self._tuner_layers:
-                    layer._disable_adapters = False
+        else:
+            with self._rows.use(blocks([name])):
+                yield
 
     @contextlib.contextmanager
     def _peft_role(self, name: str | None) -> Iterator[None]:
@@ -210,10 +213,10 @@ class Roles(nn.Module):
         """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
         graph built before the critic's turn; trainability is ours to keep: policy and critic, nothing else."""
         for param_name, param in self._lora_params:
-            param.requires_grad_(f".{POLICY}." in param_name or f".{CRITIC}." in param_name)
+            param.requires_grad_(belongs_to(param_name, POLICY) or belongs_to(param_name, CRITIC))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for n, p in self.model.named_parameters() if f".{POLICY}." in n or f".{CRITIC}." in n]
+        params = [p for n, p in self.model.named_parameters() if belongs_to(n, POLICY) or belongs_to(n, CRITIC)]
         return params + list(self.value_head.parameters())
 
     def _set_attention(self, implementation: str) -> None:
@@ -284,29 +287,46 @@ class Roles(nn.Module):
         with swapped_weights(weights()), self.role(None):
             yield
 
-    def policy_logprobs(self, role: str | None, input_ids, attention_mask, context_len: int, temperature: float,
-                        with_entropy: bool = False, entropy_grad: bool = True):
-        """Log-probs (batch, response_len) of the response tokens under ``role`` (policy or reference).
+    def hidden(self, roles: list[str | None], input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+        """The body's last hidden states of the same rows under each role in ``roles``, from one batched pass.
+
+        The rows are stacked once per role and each block runs through its own adapter (see rlhf_lora), so
+        the base's products run once over all of them. Each row's numbers are the same as from a pass of that
+        role alone: rows do not mix in any product."""
+        if self._rows is None or len(roles) == 1:
+            out = []
+            for name in roles:
+                with self.role(name):
+                    out.append(self._hidden(input_ids, attention_mask))
+            return tuple(out)
+        n = len(input_ids)
+        with self._rows.use(blocks(roles, n)):
+            stacked = self._hidden(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1))
+        return stacked.split(n)
+
+    def logprobs(self, role: str | None, hidden: torch.Tensor, input_ids, context_len: int, temperature: float,
+                 with_entropy: bool = False, entropy_grad: bool = True):
+        """Log-probs (batch, response_len) of the response tokens from the hidden states of ``role`` (policy or
+        reference); the vocabulary projection runs as that role too (its new-token rows, if any).
 
         ``with_entropy`` also returns the entropy at each position; ``entropy_grad=False`` computes it as a
         statistic only (no graph through the softmax over the vocabulary)."""
+        hidden = hidden[:, context_len - 1:-1]
+        # a 2-D product: a sliced 3-D input makes the vocabulary projection a batched matmul that copies the
+        # weight per row (10x slower on CPU in bf16)
+        flat = hidden.reshape(-1, hidden.shape[-1])
         with self.role(role):
-            hidden = self._hidden(input_ids, attention_mask)[:, context_len - 1:-1]
-            # a 2-D product: a sliced 3-D input makes the vocabulary projection a batched matmul that copies
-            # the weight per row (10x slower on CPU in bf16)
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            logits = self.model.get_base_model().get_output_embeddings()(flat).float().view(*hidden.shape[:2], -1) / temperature
+            logits = self.model.get_base_model().get_output_embeddings()(flat)
+        logits = logits.float().view(*hidden.shape[:2], -1) / temperature
         logprobs = logprobs_from_logits(logits, input_ids[:, context_len:])
         if not with_entropy:
             return logprobs
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             return logprobs, entropy_from_logits(logits)
 
-    def values(self, input_ids, attention_mask, context_len: int) -> torch.Tensor:
-        """Critic values (batch, response_len): V of the state before each response token."""
-        with self.role(CRITIC):
-            hidden = self._hidden(input_ids, attention_mask)[:, context_len - 1:-1]
-        return self.value_head(hidden.float()).squeeze(-1)
+    def values(self, hidden: torch.Tensor, context_len: int) -> torch.Tensor:
+        """Critic values (batch, response_len) from the critic's hidden states: V of the state before each response token."""
+        return self.value_head(hidden[:, context_len - 1:-1].float()).squeeze(-1)
 
     @torch.no_grad()
     def scores(self, query, query_mask, response, lengths, prompts_text=None) -> torch.Tensor:

@@ -29,8 +29,14 @@ def save_adapter(model, name: str, folder: Path, base_path: str) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=name)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+    tensors, storages = {}, set()
+    for key, tensor in get_peft_model_state_dict(model, adapter_name=name).items():
+        tensor = tensor.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        # tied embeddings (new token rows of a tied input/output embedding) come twice; safetensors stores no aliases
+        tensors[key] = tensor.clone() if storage in storages else tensor
+        storages.add(storage)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = model.peft_config[name]
     was_inference, config.inference_mode = config.inference_mode, True
     old_base, config.base_model_name_or_path = config.base_model_name_or_path, base_path

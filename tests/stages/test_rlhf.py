@@ -63,7 +63,9 @@ def ppo_config(model, rm, prompts, output, **overrides) -> RLHFConfig:
 
 
 def adapter_state(roles, name):
-    return {n: p.detach().clone() for n, p in roles.model.named_parameters() if f".{name}." in n}
+    from posttrain.models import belongs_to
+
+    return {n: p.detach().clone() for n, p in roles.model.named_parameters() if belongs_to(n, name)}
 
 
 def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
@@ -154,6 +156,84 @@ def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_mo
     assert not torch.allclose(folded, base, atol=1e-3)
     assert all(torch.equal(before[n], p) for n, p in roles.model.named_parameters())
     assert roles.rollout(query, mask, 4, temperature=1.0, top_p=1.0).shape[0] == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_roles_in_one_batched_pass_match_one_pass_per_role(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
+    """Stacking the rows once per role (policy, adapters off, critic) in one pass gives each role the hidden
+    states a pass of its own gives, to the bit, and the same gradients for policy and critic."""
+    from posttrain.generation import encode_prompts
+    from posttrain.stages.rlhf_roles import CRITIC, POLICY, Roles
+
+    roles = Roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision=precision))
+    assert roles._rows is not None  # plain LoRA: the row-block forward is in charge
+    with torch.no_grad():
+        for name, param in roles.model.named_parameters():
+            if ".policy." in name and "lora_B" in name:
+                param.normal_(0, 0.5)  # a policy that differs from the base
+    ids, mask, _ = encode_prompts(roles.tokenizer, ["Name a fruit.", "Say hello to me, please."], 32, torch.device("cpu"))
+    names = [POLICY, None, CRITIC]
+    with torch.no_grad():
+        together = roles.hidden(names, ids, mask)
+        alone = [roles.hidden([name], ids, mask)[0] for name in names]
+    for joint, single in zip(together, alone):
+        assert torch.equal(joint, single)
+    assert not torch.equal(together[0], together[1]) and not torch.equal(together[1], together[2])
+
+    def grads(hiddens):
+        policy, critic = hiddens
+        (policy.float().pow(2).mean() + roles.value_head(critic.float()).mean()).backward()
+        out = {n: p.grad.clone() for n, p in roles.model.named_parameters() if p.grad is not None}
+        roles.model.zero_grad(set_to_none=True)
+        roles.value_head.zero_grad(set_to_none=True)
+        return out
+
+    joint = grads(roles.hidden([POLICY, CRITIC], ids, mask))
+    separate = grads((roles.hidden([POLICY], ids, mask)[0], roles.hidden([CRITIC], ids, mask)[0]))
+    assert joint.keys() == separate.keys()
+    assert any(".policy." in n for n in joint) and any(".critic." in n for n in joint)
+    assert not any(".reward." in n or ".reference." in n for n in joint)
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    for name in joint:
+        assert torch.allclose(joint[name], separate[name], rtol=tolerance, atol=tolerance * joint[name].abs().max()), name
+
+
+def test_policy_with_new_token_rows_switches_roles_through_peft(tmp_path, real_tokenizer_dir, prompts_file):
+    """An SFT adapter on a base without a chat template trains two new token rows, which the row-block LoRA
+    forward does not handle: roles switch through peft, rollouts sample from the unfolded adapter, and PPO
+    still starts at KL 0 and moves the policy."""
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_model
+    from posttrain.chat import ChatConfig, run_chat
+    from posttrain.config import RewardConfig, SFTConfig
+    from posttrain.stages.reward import run_reward
+    from posttrain.stages.rlhf import run_rlhf
+    from posttrain.stages.sft import run_sft
+    from test_models import build_base_tokenizer
+
+    raw = AutoTokenizer.from_pretrained(build_base_tokenizer(tmp_path / "tokenizer", real_tokenizer_dir))
+    base_dir = build_tiny_model(tmp_path / "base", raw, chat_template=False)
+    sft_dir = run_sft(load_config(SFTConfig, None, {
+        "model": str(base_dir), "data": str(REPO / "data_samples/sft_messages.jsonl"),
+        "output": str(tmp_path / "sft"), "max_steps": 2, "lr": 1e-2, "lora.r": 4, "max_length": 64}))
+    rm = run_reward(load_config(RewardConfig, None, {  # on the same base: it installs the same two tokens
+        "model": str(base_dir), "data": str(REPO / "data_samples/preferences.jsonl"), "output": str(tmp_path / "rm"),
+        "max_steps": 2, "lora.r": 4, "max_length": 64, "train.eval_split": 0.1}))
+    records, policies, row_adapters = [], [], []
+
+    def on_step(roles, record):
+        records.append(record)
+        policies.append(adapter_state(roles, "policy"))
+        row_adapters.append(roles._rows)
+
+    out = run_rlhf(ppo_config(sft_dir, rm, prompts_file, tmp_path / "ppo"), on_step=on_step)
+    assert row_adapters == [None, None]
+    assert records[0]["kl"] == 0.0
+    assert any(not torch.equal(policies[0][k], policies[1][k]) for k in policies[0] if "lora_" in k)
+    (rows,) = [k for k in policies[0] if k.endswith("trainable_tokens_delta.policy")]
+    assert not torch.equal(policies[0][rows], policies[1][rows])  # the policy's new token rows train too
+    assert isinstance(run_chat(ChatConfig(model=str(out), prompt="Hello", max_new_tokens=4, temperature=0.0)), str)
 
 
 def test_policy_from_sft_adapter_keeps_a_frozen_reference_copy(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
