@@ -26,7 +26,7 @@ class RowAdapters:
     """Takes over the forward of plain LoRA linear layers; :meth:`use` says which adapter each row block gets.
 
     Only for layers without variants (DoRA), biases on the adapter or transposed weights, in eval mode (the
-    adapters' dropout is skipped): :func:`supports` checks the first three; the caller keeps the model in
+    adapters' dropout is skipped): :meth:`supports` checks the first three; the caller keeps the model in
     eval mode.
     """
 

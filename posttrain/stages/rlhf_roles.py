@@ -163,10 +163,10 @@ class Roles(nn.Module):
         from peft.utils.other import AuxiliaryTrainingWrapper
 
         self._tuner_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-        self._auxiliary_layers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
         # adapters by row blocks (several roles in one pass) where every adapter layer is plain LoRA; else
         # peft's own forward, one role at a time
-        plain = not self._auxiliary_layers and RowAdapters.supports(self._tuner_layers)
+        auxiliary = any(isinstance(m, AuxiliaryTrainingWrapper) for m in model.modules())
+        plain = not auxiliary and RowAdapters.supports(self._tuner_layers)
         self._rows = RowAdapters(self._tuner_layers, POLICY) if plain else None
         if self.dtype == torch.bfloat16:
             # every adapter forward runs under bf16 autocast (see _hidden), so peft's cast of each LoRA input
@@ -258,18 +258,14 @@ class Roles(nn.Module):
         of the step. The base tensors are only swapped out, never written, so they cannot drift; the copies
         (on a CPU in bf16, prepacked for oneDNN: see swapped_weights) are freed when the block ends. Log-probs
         for PPO are recomputed by the training forward (unmerged), so the rounding of the merged weights only
-        touches which tokens are drawn. Falls back to the unmerged adapter when the policy has parts that do
-        not fold into linear weights (e.g. new tokens).
+        touches which tokens are drawn. Plain LoRA layers (the ones the row-block forward takes, see rlhf_lora)
+        fold; otherwise (DoRA, new token rows) sampling runs through the unmerged adapter.
         """
-        from peft.tuners.lora import Linear as LoraLinear
-
-        layers = [m for m in self._tuner_layers if POLICY in getattr(m, "lora_A", {})]
-        foldable = all(isinstance(m, LoraLinear) and not m.fan_in_fan_out and not m.use_dora.get(POLICY, False)
-                       and not m.lora_bias.get(POLICY, False) for m in layers)
-        if not foldable or self._auxiliary_layers:
+        if self._rows is None:
             with self.role(POLICY):
                 yield
             return
+        layers = [m for m in self._tuner_layers if POLICY in m.lora_A]
 
         def weights():
             for layer in layers:
