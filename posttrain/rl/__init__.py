@@ -1,15 +1,30 @@
-"""The PPO math as small pure torch functions: masking, KL, rewards, GAE, losses."""
+"""The online-RL math as small pure torch functions: masking, KL, rewards, advantage estimators (GAE, GRPO, RLOO,
+REINFORCE++), losses."""
 
-from posttrain.rl.advantages import GAE, compute_gae, whiten_advantages
+from posttrain.rl.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    GAE,
+    AdvantageInputs,
+    compute_gae,
+    discounted_returns,
+    estimate_advantages,
+    group_normalized_advantages,
+    leave_one_out_advantages,
+    whiten_advantages,
+)
 from posttrain.rl.kl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, kl_penalty
 from posttrain.rl.losses import (
+    LOSS_AGGREGATIONS,
     EntropyBonusOutput,
+    KLLossOutput,
     PairwiseLossOutput,
     PolicyLossOutput,
     ValueLossOutput,
     bradley_terry_loss,
     entropy_bonus,
+    aggregate,
     explained_variance,
+    kl_loss,
     ppo_policy_loss,
     value_loss,
 )
@@ -26,7 +41,17 @@ from posttrain.rl.masking import (
 from posttrain.rl.rewards import PerTokenRewards, RunningMoments, no_eos_penalty, per_token_rewards
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "AdaptiveKLController",
+    "AdvantageInputs",
+    "KLLossOutput",
+    "LOSS_AGGREGATIONS",
+    "aggregate",
+    "discounted_returns",
+    "estimate_advantages",
+    "group_normalized_advantages",
+    "kl_loss",
+    "leave_one_out_advantages",
     "EntropyBonusOutput",
     "FixedKLController",
     "GAE",

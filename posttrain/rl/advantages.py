@@ -81,3 +81,145 @@ def whiten_advantages(advantages: Tensor, response_mask: Tensor) -> Tensor:
         (batch, response_len).
     """
     return masked_whiten(advantages, response_mask, shift_mean=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critic-free estimators. Rows come in groups of `group_size` consecutive responses to the same
+# prompt (rows g*K .. g*K+K-1 are group g), as the rollout samples them.
+# ---------------------------------------------------------------------------------------------
+
+
+def _groups(sequence_rewards: Tensor, group_size: int) -> Tensor:
+    if group_size < 1 or sequence_rewards.numel() % group_size:
+        raise ValueError(f"{sequence_rewards.numel()} rows do not split into groups of {group_size}")
+    return sequence_rewards.view(-1, group_size)
+
+
+def group_normalized_advantages(sequence_rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO's advantage: each response's reward minus its group's mean, divided by the group's std.
+
+        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)      (std: unbiased, as TRL computes it)
+
+    Shao et al., "DeepSeekMath" (2024), https://arxiv.org/abs/2402.03300, section 4.1.2 (outcome supervision).
+    ``scale=False`` is Dr. GRPO (Liu et al., "Understanding R1-Zero-Like Training", 2025,
+    https://arxiv.org/abs/2503.20783): dividing by the std weights groups by how easy the prompt is.
+
+    Args:
+        sequence_rewards: (batch,), batch = groups * group_size.
+        group_size: responses per prompt (>= 2 for a non-zero advantage).
+
+    Returns:
+        (batch,).
+    """
+    groups = _groups(sequence_rewards, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        std = groups.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(groups[:, :1])
+        centred = centred / (std + eps)
+    return centred.reshape(-1)
+
+
+def leave_one_out_advantages(sequence_rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO's advantage: each response's reward minus the mean reward of the other responses to its prompt.
+
+        A_i = r_i - (sum_g(r) - r_i) / (K - 1)
+
+    Kool et al., "Buy 4 REINFORCE Samples, Get a Baseline for Free!" (2019); Ahmadian et al., "Back to Basics:
+    Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs" (2024),
+    https://arxiv.org/abs/2402.14740, eq. (7).
+
+    Args:
+        sequence_rewards: (batch,), batch = groups * group_size, group_size >= 2.
+
+    Returns:
+        (batch,).
+    """
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 responses per prompt (--rollout.group_size >= 2)")
+    groups = _groups(sequence_rewards, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def discounted_returns(rewards: Tensor, response_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go at every response token, G_t = sum_{s >= t} gamma^(s - t) r_s; 0 on masked tokens.
+
+    Args:
+        rewards: (batch, response_len), e.g. `per_token_rewards(...).rewards`.
+        response_mask: (batch, response_len) bool.
+
+    Returns:
+        (batch, response_len).
+    """
+    mask = response_mask.bool()
+    rewards = torch.where(mask, rewards.detach(), 0)
+    running = rewards.new_zeros(rewards.shape[0])
+    out = []
+    for t in reversed(range(rewards.shape[1])):
+        running = torch.where(mask[:, t], rewards[:, t] + gamma * running, running)
+        out.append(torch.where(mask[:, t], running, 0))
+    return torch.stack(out[::-1], dim=1)
+
+
+class AdvantageInputs(NamedTuple):
+    """What an advantage estimator may read; shapes (batch, response_len) unless noted.
+
+    rewards:  per-token rewards: the score at the last response token, minus beta * KL at every token when the KL
+              is in the reward (see `per_token_rewards`); their row sum is the sequence reward.
+    values:   critic values, or None for the critic-free estimators.
+    mask:     response mask, bool.
+    group_size, gamma, lam, whiten, scale_rewards: the estimators' settings.
+    """
+
+    rewards: Tensor
+    values: Tensor | None
+    mask: Tensor
+    group_size: int
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+    scale_rewards: bool = True
+
+
+def _broadcast(sequence_advantages: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.bool(), sequence_advantages.unsqueeze(1), 0)
+
+
+def _gae(x: AdvantageInputs) -> GAE:
+    """PPO: GAE from the critic's values, whitened over the batch."""
+    out = compute_gae(x.values, x.rewards, x.mask, x.gamma, x.lam)
+    return GAE(whiten_advantages(out.advantages, x.mask) if x.whiten else out.advantages, out.returns)
+
+
+def _grpo(x: AdvantageInputs) -> GAE:
+    """GRPO: the sequence reward normalised within its group, the same at every token."""
+    advantages = _broadcast(group_normalized_advantages(x.rewards.sum(1), x.group_size, x.scale_rewards), x.mask)
+    return GAE(advantages, advantages)
+
+
+def _rloo(x: AdvantageInputs) -> GAE:
+    """RLOO: the sequence reward minus the leave-one-out mean of its group, the same at every token."""
+    advantages = _broadcast(leave_one_out_advantages(x.rewards.sum(1), x.group_size), x.mask)
+    if x.whiten:
+        advantages = whiten_advantages(advantages, x.mask)
+    return GAE(advantages, advantages)
+
+
+def _reinforce_pp(x: AdvantageInputs) -> GAE:
+    """REINFORCE++: the reward-to-go at each token (KL penalty included), normalised over the whole batch.
+
+    Hu, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models" (2025),
+    https://arxiv.org/abs/2501.03262, section 3 (token-level KL penalty, global advantage normalisation).
+    """
+    returns = discounted_returns(x.rewards, x.mask, x.gamma)
+    return GAE(whiten_advantages(returns, x.mask), returns)
+
+
+ADVANTAGE_ESTIMATORS = {"gae": _gae, "grpo": _grpo, "rloo": _rloo, "reinforce_pp": _reinforce_pp}
+
+
+def estimate_advantages(estimator: str, inputs: AdvantageInputs) -> GAE:
+    """Advantages (and the critic's returns, for GAE) by the estimator named in ``ADVANTAGE_ESTIMATORS``."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](inputs)

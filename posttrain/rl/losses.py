@@ -33,15 +33,47 @@ class PolicyLossOutput(NamedTuple):
     ratio_mean: Tensor
 
 
+def _token_mean(x: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
+    # every unmasked token of the batch weighs the same (N details; DAPO's "token-level" loss)
+    return masked_mean(x, mask)
+
+
+def _sequence_mean(x: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
+    # each response's tokens averaged, then the responses averaged (the original GRPO objective)
+    rows = mask.bool().any(dim=1)
+    return masked_mean(x, mask, dim=1)[rows].mean() if rows.any() else x.sum() * 0
+
+
+def _token_sum(x: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
+    # tokens summed and divided by a constant, rows x the longest allowed response (Dr. GRPO): no length bias
+    return torch.where(mask.bool(), x, 0).sum() / (x.shape[0] * (max_len or x.shape[1]))
+
+
+LOSS_AGGREGATIONS = {"token_mean": _token_mean, "sequence_mean": _sequence_mean, "token_sum": _token_sum}
+
+
+def aggregate(x: Tensor, mask: Tensor, aggregation: str = "token_mean", max_len: int | None = None) -> Tensor:
+    """Reduce a per-token loss (batch, response_len) to () by a rule in ``LOSS_AGGREGATIONS``.
+
+    token_mean: mean over every unmasked token; sequence_mean: mean over responses of their token mean;
+    token_sum: sum over unmasked tokens / (batch * max_len), with ``max_len`` the longest possible response.
+    """
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; choose from {sorted(LOSS_AGGREGATIONS)}")
+    return LOSS_AGGREGATIONS[aggregation](x, mask, max_len)
+
+
 def ppo_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
+    aggregation: str = "token_mean", max_len: int | None = None,
 ) -> PolicyLossOutput:
     """Clipped surrogate objective, as a loss to minimise:
 
         ratio = exp(logprobs - old_logprobs)
-        loss  = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+        loss  = agg_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
 
-    averaged over all unmasked tokens of the batch (token-level mean, as in the N details).
+    reduced over the unmasked tokens by ``aggregation`` (see `aggregate`; the default is the token-level mean
+    of the N details). The statistics are token-level means whatever the aggregation.
 
     Args:
         logprobs: (batch, response_len), current policy, with gradient.
@@ -49,6 +81,7 @@ def ppo_policy_loss(
         advantages: (batch, response_len), detached.
         mask: (batch, response_len) bool.
         clip_eps: PPO clip range epsilon (0.2 in the N details).
+        aggregation, max_len: see `aggregate`.
 
     Returns:
         PolicyLossOutput(loss, clip_frac, approx_kl, ratio_mean), all ().
@@ -58,7 +91,7 @@ def ppo_policy_loss(
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_len)
     with torch.no_grad():
         clip_frac = masked_mean((clipped > unclipped).float(), mask)
         # Samples came from the old policy, so KL(old || new) is estimated with old as "p".
@@ -67,6 +100,38 @@ def ppo_policy_loss(
     return PolicyLossOutput(
         loss=loss, clip_frac=clip_frac, approx_kl=approx_kl, ratio_mean=ratio_mean
     )
+
+
+class KLLossOutput(NamedTuple):
+    """loss: () differentiable, kl_coef * aggregated k3. kl: () detached token-mean k3 estimate."""
+
+    loss: Tensor
+    kl: Tensor
+
+
+def kl_loss(
+    logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kl_coef: float,
+    aggregation: str = "token_mean", max_len: int | None = None,
+) -> KLLossOutput:
+    """The KL leash as a loss term (GRPO style) instead of a reward penalty:
+
+        k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1 >= 0,   loss = kl_coef * agg_t k3_t
+
+    k3 is Schulman's unbiased, non-negative estimator of KL(policy || reference) from the policy's own samples;
+    its gradient pulls the policy toward the reference (Shao et al., DeepSeekMath 2024, eq. (4)).
+
+    Args:
+        logprobs: (batch, response_len), current policy, with gradient.
+        ref_logprobs: (batch, response_len), reference (detached).
+        mask: (batch, response_len) bool.
+        kl_coef: beta.
+        aggregation, max_len: see `aggregate`.
+
+    Returns:
+        KLLossOutput(loss, kl), both ().
+    """
+    k3 = kl_penalty(logprobs, ref_logprobs.detach(), "k3")
+    return KLLossOutput(loss=kl_coef * aggregate(k3, mask, aggregation, max_len), kl=masked_mean(k3.detach(), mask))
 
 
 class ValueLossOutput(NamedTuple):
