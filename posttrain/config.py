@@ -121,33 +121,49 @@ class DPOConfig:
 
 @dataclass
 class RolloutSection:
-    batch_size: int = doc(8, "Prompts sampled per PPO step (per process).")
+    batch_size: int = doc(8, "Prompts sampled per step (per process); each gets group_size responses.")
+    group_size: int = doc(0, "Responses sampled per prompt; 0 picks the algorithm's default (ppo and reinforce_pp 1, "
+                             "grpo and rloo 4). Group baselines (grpo, rloo) need at least 2.")
     max_new_tokens: int = doc(48, "Longest response in tokens.")
     max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.")
     temperature: float = doc(0.7, "Sampling temperature for rollouts.")
-    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 disables).")
-    no_eos_penalty: float = doc(-1.0, "Score given to responses that never end (set to 0 to disable: no penalty).")
-    penalise_no_eos: bool = doc(True, "Replace the score of responses that hit max_new_tokens without stopping.")
+    top_p: float = doc(1.0, "Nucleus sampling for rollouts. Must stay 1.0: the PPO ratio and KL use log-probs of the "
+                            "full distribution, which a nucleus cut would make wrong.")
+    penalise_no_eos: bool = doc(True, "Give responses that hit max_new_tokens without a stop token the score "
+                                      "no_eos_penalty instead of their reward; false switches this off.")
+    no_eos_penalty: float = doc(-1.0, "The score that replaces the reward of a response that never stopped (when "
+                                      "penalise_no_eos). It is a replacement, not a subtraction: 0 makes unfinished "
+                                      "responses score 0, which rewards running to the length limit when most scores "
+                                      "are negative.")
 
 
 @dataclass
 class PPOSection:
-    steps: int = doc(40, "PPO steps (each: rollout, score, advantages, optimisation epochs).")
+    steps: int = doc(40, "Steps (each: rollout, score, advantages, optimisation epochs).")
     lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.")
+    weight_decay: float = doc(0.0, "AdamW weight decay on the trained adapters, value head and new token rows.")
     epochs: int = doc(2, "Optimisation passes over each rollout batch.")
-    minibatch_size: int = doc(4, "Rollouts per optimizer minibatch.")
-    grad_accum: int = doc(1, "Minibatches accumulated per optimizer step.")
+    minibatch_size: int = doc(4, "Responses per optimizer minibatch.")
+    grad_accum: int = doc(1, "Minibatches accumulated per optimizer step; an epoch always ends with a step "
+                             "(its last group may be shorter).")
     clip_eps: float = doc(0.2, "PPO ratio clip range.")
     value_clip_eps: float = doc(0.2, "Clip range for the value-function update.")
     vf_coef: float = doc(0.1, "Weight of the value loss.")
     entropy_coef: float = doc(0.0, "Weight of the entropy bonus.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm.")
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm, applied to the policy and to the critic separately.")
     target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).")
-    gamma: float = doc(1.0, "Discount for GAE.")
+    gamma: float = doc(1.0, "Discount for GAE and REINFORCE++ returns.")
     lam: float = doc(0.95, "GAE lambda.")
-    whiten_advantages: bool = doc(True, "Normalise advantages per batch.")
+    whiten_advantages: bool = doc(True, "Normalise PPO's (GAE) and RLOO's advantages over the batch.")
+    scale_rewards: bool = doc(True, "GRPO: divide each group's centred rewards by its std; false is Dr. GRPO.")
+    loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = doc(
+        "token_mean", "How the per-token policy loss is reduced: token_mean (every token weighs the same), "
+                      "sequence_mean (original GRPO), token_sum (sum / max_new_tokens per response: Dr. GRPO).")
+    kl_in: Literal["auto", "reward", "loss"] = doc(
+        "auto", "Where the KL leash to the reference acts: in the reward (-beta*KL per token, PPO style) or in the "
+                "loss (beta*k3, GRPO style); auto is loss for grpo and reward otherwise.")
     kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.")
-    kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator.")
+    kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator in the reward.")
     adaptive_kl: bool = doc(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
     target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.")
     kl_horizon: int = doc(100, "Rollouts over which the adaptive beta moves: each step changes it by at most "
@@ -159,10 +175,34 @@ class PPOSection:
 
 
 @dataclass
+class EvalSection:
+    every: int = doc(0, "Every N steps, score greedy responses to the held-out prompts with every reward source "
+                        "(0: only when eval_prompts or share is set, then every 10 steps).")
+    share: float = doc(0.0, "Share of --prompts held out for evaluation when --eval_prompts is not given.")
+    max_prompts: int = doc(32, "Held-out prompts scored at each evaluation (at most).")
+
+
+@dataclass
+class StopSection:
+    kl_above: float = doc(0.0, "End the run when the KL to the reference (nats/response) passes this (0: never).")
+    truncated_share_above: float = doc(0.0, "End the run when this share of responses hits the length limit (0: never).")
+    eval_reward_drops: int = doc(0, "End the run after this many evaluations in a row below the best held-out "
+                                    "reward (0: never). The best policy is kept in <output>/best.")
+
+
+@dataclass
 class RLHFConfig:
     model: str = doc("smollm2-135m-instruct", "SFT checkpoint or model to start the policy from.")
-    reward_model: str = doc("", "Reward-model checkpoint folder (from `posttrain rm`).")
-    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages).")
+    algo: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = doc(
+        "ppo", "Online RL algorithm: ppo (critic + GAE), grpo (group-normalised), rloo (leave-one-out baseline), "
+               "reinforce_pp (REINFORCE++: batch-normalised returns). Only ppo trains a critic.")
+    reward_model: str = doc("", "Reward-model checkpoint folder (from `posttrain rm`); optional when reward_fn is given.")
+    reward_fn: str = doc("", "Reward function(s), comma-separated: module:function or path/to/file.py:function, called "
+                             "as TRL calls reward functions (prompts=, completions=, the prompt rows' other columns).")
+    reward_weights: str = doc("", "Comma-separated weights of the reward sources: the reward model first (if any), "
+                                  "then each reward_fn in order (default: 1 each).")
+    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages) and any columns reward functions read.")
+    eval_prompts: str = doc("", "Held-out prompt file scored every eval.every steps (see eval.share for a split instead).")
     output: str = doc("", "Checkpoint folder to write.")
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
     precision: Literal["auto", "bf16", "fp32"] = doc(
@@ -170,7 +210,9 @@ class RLHFConfig:
                 "else fp32. Adapters, heads and optimizer state are always fp32.")
     lora: LoraSection = doc(LoraSection, "LoRA settings for the policy (and critic) adapters when starting fresh.")
     rollout: RolloutSection = doc(RolloutSection, "How responses are sampled.")
-    ppo: PPOSection = doc(PPOSection, "The PPO optimisation.")
+    ppo: PPOSection = doc(PPOSection, "The optimisation (PPO-clip epochs for every algorithm).")
+    eval: EvalSection = doc(EvalSection, "Held-out evaluation during training.")
+    stop: StopSection = doc(StopSection, "Early stops.")
 
 
 @dataclass

@@ -309,9 +309,12 @@ def prompt_example(row: Row, source: str) -> list[dict[str, str]] | str:
 
 
 def load_prompts(path: str | Path) -> Table:
+    """Prompt rows: {"prompt": text or messages} plus the row's other columns (reward functions may read them)."""
     source = str(path)
     rows = read_rows(path, PROMPT_FORMATS)
-    return Table(source, [{"prompt": prompt_example(row, source)} for row in rows], [r.where for r in rows])
+    examples = [{"prompt": prompt_example(row, source), **{k: v for k, v in row.data.items() if k not in ("prompt", "messages")}}
+                for row in rows]
+    return Table(source, examples, [r.where for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------

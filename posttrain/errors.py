@@ -3,6 +3,7 @@
 from posttrain.config import ConfigError
 from posttrain.data import DataError
 from posttrain.models import ModelError
+from posttrain.rewards import RewardFunctionError
 from posttrain.stages.common import StageError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, StageError)
+USER_ERRORS = (ConfigError, DataError, ModelError, StageError, RewardFunctionError)

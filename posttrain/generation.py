@@ -76,12 +76,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> 
 
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None) -> torch.Tensor:
+           temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,
+           with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample responses for left-padded queries; returns (batch, response_len) ids, padded after each stop.
 
     ``temperature`` 0 decodes greedily. Responses shorter than the longest are padded with pad_token_id.
     A plain KV-cache loop over the transformer body: the vocabulary projection runs on each row's last
-    position only, and the loop ends when every row has produced a stop token.
+    position only, and the loop ends when every row has produced a stop token. ``with_logprobs`` also returns
+    (batch, response_len) log-probs of the drawn tokens under softmax(logits / temperature) of the weights that
+    drew them (0 after a row's stop), which PPO compares with its training forward's.
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -90,18 +93,24 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     stops = torch.tensor(stop_token_ids(tokenizer), device=query.device)
     mask, ids, positions, cache = query_mask, query, position_ids(query_mask), None
     finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
-    tokens = []
+    tokens, logprobs = [], []
     for _ in range(max_new_tokens):
         out = body(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         logits = head(out.last_hidden_state[:, -1].contiguous()).float()
-        token = next_token(logits, temperature, top_p).masked_fill(finished, tokenizer.pad_token_id)
+        token = next_token(logits, temperature, top_p)
+        if with_logprobs:
+            drawn = torch.log_softmax(logits / temperature, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+            logprobs.append(drawn.masked_fill(finished, 0.0))
+        token = token.masked_fill(finished, tokenizer.pad_token_id)
         tokens.append(token)
         finished |= torch.isin(token, stops)
         if finished.all():
             break
         ids, positions = token[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+    if with_logprobs:
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
     return torch.stack(tokens, dim=1)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -187,12 +187,31 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Tokens that end an assistant turn: EOS and, for ChatML templates, <|im_end|>."""
-    ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
+    """Tokens that end an assistant turn: EOS and the end-of-turn token the chat template writes after an
+    assistant message (ChatML's <|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>, ...)."""
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     return sorted(i for i in ids if i is not None)
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template puts right after an assistant turn's text, if any.
+
+    Found by rendering a probe conversation: the first token of what follows the assistant's text, when it is
+    one of the tokenizer's special (added) tokens. Templates differ in name only (<|im_end|>, <|eot_id|>,
+    <end_of_turn>, </s>), so this reads the template instead of keeping a list.
+    """
+    probe = "PROBE-7f3a"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": probe}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - no template, or one that refuses this conversation: EOS alone
+        text = ""
+    if probe not in text:
+        return None
+    tail = text[text.rindex(probe) + len(probe):]
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids[0] if ids and ids[0] in special else None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -210,6 +229,21 @@ def load_base_model(name: str, dtype: torch.dtype | None = None, device: torch.d
     device = device or default_device()
     with _hub_errors(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
+    return model.to(device)
+
+
+def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
+    """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    path = resolve_model(name)
+    try:
+        with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
+                         "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
     return model.to(device)
 
 
@@ -258,32 +292,53 @@ def adapter_tokenizer(folder: str | Path, base_name: str) -> PreTrainedTokenizer
 
 @dataclass
 class Loaded:
-    """A model ready for a stage: the model (a PeftModel when an adapter is on it), its tokenizer,
-    the base model name, and the adapter folder it started from (or None)."""
+    """A model ready for a stage: the model (a PeftModel when an adapter is on it), its tokenizer, the base
+    model name, the adapter folder it started from (or None), and the token ids the tokenizer added to the
+    base's vocabulary (a ChatML template installed on a base model without one)."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     base_model: str
     adapter_path: str | None
+    new_token_ids: list[int] = field(default_factory=list)
+
+
+def load_model(name: str, *, task: str = "causal_lm", dtype: torch.dtype | None = None, device: torch.device | None = None,
+               attach: bool = True, adapter_name: str = "default", trainable: bool = False,
+               fresh: LoraSection | None = None) -> Loaded:
+    """The one loader: an adapter folder or a plain model -> base, tokenizer, vocabulary match, peft.
+
+    ``name`` is a posttrain adapter checkpoint (its base is loaded, its saved tokenizer and template used and,
+    with ``attach``, its adapter put on as ``adapter_name``, trainable or frozen), or a plain model (alias,
+    folder, hub id), which gets a fresh LoRA adapter ``adapter_name`` from ``fresh`` when given.
+    ``task`` is "causal_lm" or "seq_cls" (a scalar head, ``num_labels=1``, for reward models).
+    """
+    from peft import PeftModel, get_peft_model
+
+    device = device or default_device()
+    adapter_path = str(name) if is_adapter_folder(name) else None
+    base_name = adapter_base(name) if adapter_path else name
+    tokenizer = adapter_tokenizer(name, base_name) if adapter_path else load_tokenizer(name)
+    dtype = dtype or default_dtype(device)
+    if task == "seq_cls":
+        base = load_scorer_base(base_name, dtype, device)
+    else:
+        base = load_base_model(base_name, dtype=dtype, device=device)
+    new_ids = match_vocab(base, tokenizer)
+    if task == "seq_cls":
+        base.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
+    model: torch.nn.Module = base
+    if adapter_path and attach:
+        model = PeftModel.from_pretrained(base, adapter_path, adapter_name=adapter_name, is_trainable=trainable)
+    elif adapter_path is None and fresh is not None:
+        task_type = "SEQ_CLS" if task == "seq_cls" else "CAUSAL_LM"
+        model = get_peft_model(base, lora_config(fresh, task_type=task_type, new_token_ids=new_ids), adapter_name=adapter_name)
+    return Loaded(model, tokenizer, base_name, adapter_path, new_ids)
 
 
 def load_for_inference(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Loaded:
     """Load a base model, a merged folder, or an adapter checkpoint on its base, in eval mode."""
-    from peft import PeftModel
-
-    device = device or default_device()
-    if is_adapter_folder(name):
-        base_name = adapter_base(name)
-        tokenizer = adapter_tokenizer(name, base_name)
-        base = load_base_model(base_name, dtype=dtype, device=device)
-        match_vocab(base, tokenizer)
-        model = PeftModel.from_pretrained(base, name)
-        loaded = Loaded(model, tokenizer, base_name, str(name))
-    else:
-        tokenizer = load_tokenizer(name)
-        model = load_base_model(name, dtype=dtype, device=device)
-        match_vocab(model, tokenizer)
-        loaded = Loaded(model, tokenizer, name, None)
+    loaded = load_model(name, dtype=dtype, device=device)
     loaded.model.eval()
     return loaded
 

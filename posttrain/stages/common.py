@@ -15,17 +15,11 @@ from tqdm.auto import tqdm
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
-    adapter_base,
-    adapter_tokenizer,
     count_parameters,
     default_device,
     default_dtype,
     expose_head_bias,
-    is_adapter_folder,
-    load_base_model,
-    load_tokenizer,
-    lora_config,
-    match_vocab,
+    load_model,
     write_metadata,
 )
 
@@ -111,27 +105,16 @@ def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "defa
     adapter checkpoint (for example an SFT output) is loaded on its base with its adapter trainable, so
     training continues from it.
     """
-    from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
     if seed is not None:
         set_seed(seed)
-    device = default_device()
-    if is_adapter_folder(model_name):
-        base_name = adapter_base(model_name)
-        tokenizer = adapter_tokenizer(model_name, base_name)
-        base = load_base_model(base_name, device=device)
-        match_vocab(base, tokenizer)
-        model = PeftModel.from_pretrained(base, model_name, adapter_name=adapter_name, is_trainable=True)
+    loaded = load_model(model_name, adapter_name=adapter_name, trainable=True, fresh=lora)
+    model, tokenizer, base_name = loaded.model, loaded.tokenizer, loaded.base_model
+    if loaded.adapter_path:
         log(f"continuing from the adapter in {model_name} (base: {base_name})")
-    else:
-        base_name = model_name
-        tokenizer = load_tokenizer(model_name)
-        base = load_base_model(model_name, device=device)
-        new_ids = match_vocab(base, tokenizer)
-        if new_ids:
-            log(f"{model_name} has no chat template: installed ChatML and {len(new_ids)} new special tokens")
-        model = get_peft_model(base, lora_config(lora, new_token_ids=new_ids), adapter_name=adapter_name)
+    elif loaded.new_token_ids:
+        log(f"{model_name} has no chat template: installed ChatML and {len(loaded.new_token_ids)} new special tokens")
     expose_head_bias(model)  # TRL's fused loss reads lm_head.bias, which peft's trainable-token wrapper hides
     return model, tokenizer, base_name
 

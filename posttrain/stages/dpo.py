@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
-from posttrain.models import is_adapter_folder, load_base_model, load_tokenizer, lora_config, match_vocab
+from posttrain.models import is_adapter_folder, load_model, lora_config
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
@@ -184,11 +184,9 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         peft_config = None  # TRL copies the trained-on adapter into a frozen "ref" adapter: the SFT policy
         reference = f"the SFT adapter from {config.model} (frozen copy '{REFERENCE_ADAPTER}')"
     else:
-        base_name = config.model
-        tokenizer = load_tokenizer(config.model)
-        model = load_base_model(config.model)
-        new_ids = match_vocab(model, tokenizer)
-        peft_config = lora_config(config.lora, new_token_ids=new_ids)  # TRL wraps the model in a fresh adapter
+        loaded = load_model(config.model)
+        model, tokenizer, base_name = loaded.model, loaded.tokenizer, loaded.base_model
+        peft_config = lora_config(config.lora, new_token_ids=loaded.new_token_ids)  # TRL wraps it in a fresh adapter
         reference = "the base model (adapters off)"
 
     # 3. count what max_length cuts, with the chat template TRL will apply

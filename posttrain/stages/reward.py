@@ -16,21 +16,8 @@ import trl
 from datasets import Dataset
 
 from posttrain.config import LoraSection, RewardConfig, require, to_dict
-from posttrain.data import (
-    encode_response,
-    load_preferences,
-    split_holdout,
-)
-from posttrain.models import (
-    adapter_base,
-    default_device,
-    default_dtype,
-    is_adapter_folder,
-    load_tokenizer,
-    lora_config,
-    match_vocab,
-    prepare_tokenizer,
-)
+from posttrain.data import load_preferences, split_holdout
+from posttrain.models import load_model, lora_config
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
@@ -42,7 +29,7 @@ from posttrain.stages.common import (
     save_stage_files,
     trl_config,
 )
-from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, load_scorer_base, score_ids, sequence_rewards
+from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
 
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
 
@@ -95,7 +82,7 @@ def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -
     kept: list[dict[str, Any]] = []
     chosen, rejected, over = [], [], 0
     for e in examples:
-        c, r = encode_response(tokenizer, e["prompt"], e["chosen"]), encode_response(tokenizer, e["prompt"], e["rejected"])
+        c, r = reward_model_input(tokenizer, e["prompt"], e["chosen"]), reward_model_input(tokenizer, e["prompt"], e["rejected"])
         if max(len(c), len(r)) > max_length:
             over += 1
             continue
@@ -115,25 +102,18 @@ def build_model(model_name: str, lora: LoraSection, seed: int):
     """
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
-    device = default_device()
-    start = model_name if is_adapter_folder(model_name) else None
+    set_seed(seed)  # the head starts random: seed it
+    loaded = load_model(model_name, task="seq_cls", attach=False)
+    start, base_name, tokenizer = loaded.adapter_path, loaded.base_model, loaded.tokenizer
     if start:
-        base_name = adapter_base(start)
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(start))
+        # the SFT adapter is a causal-LM adapter: the reward adapter gets its LoRA shape and weights, a new head
         saved = json.loads(Path(start, "adapter_config.json").read_text())
         targets = saved["target_modules"]
         lora = LoraSection(r=saved["r"], alpha=saved["lora_alpha"], dropout=lora.dropout,
                            target_modules=targets if isinstance(targets, str) else ",".join(sorted(targets)))
-    else:
-        base_name = model_name
-        tokenizer = load_tokenizer(model_name)
-    set_seed(seed)  # the head starts random: seed it
-    base = load_scorer_base(base_name, default_dtype(device), device)
-    new_ids = match_vocab(base, tokenizer)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(base, lora_config(lora, task_type="SEQ_CLS", new_token_ids=new_ids))
+    model = get_peft_model(loaded.model, lora_config(lora, task_type="SEQ_CLS", new_token_ids=loaded.new_token_ids))
     if start:
         state = {k: v for k, v in load_file(str(Path(start, "adapter_model.safetensors"))).items() if "lora_" in k}
         result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **state})  # the new head stays

@@ -24,16 +24,7 @@ from typing import Any
 import torch
 
 from posttrain.data import encode_response
-from posttrain.models import (
-    ModelError,
-    adapter_base,
-    default_device,
-    default_dtype,
-    is_adapter_folder,
-    match_vocab,
-    prepare_tokenizer,
-    resolve_model,
-)
+from posttrain.models import ModelError, is_adapter_folder, load_model
 
 HEAD_FILE = "reward_head.safetensors"
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
@@ -64,7 +55,18 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).float()
 
 
-def _pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def reward_model_input(tokenizer, prompt, response) -> list[int]:
+    """The token ids a reward model reads for a prompt and a response: in training (`posttrain rm`), in
+    `posttrain score` and in the RL stage alike, so a reward model is never scored on a text it was not trained on.
+
+    Conversational prompts: the chat template over prompt + response (ending with the template's end-of-turn
+    tokens). Plain text: prompt + response as one text, with the tokenizer's own special tokens (its BOS, where it
+    adds one) and no EOS. The reward is read at the last of these tokens.
+    """
+    return encode_response(tokenizer, prompt, response)
+
+
+def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -79,7 +81,7 @@ def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> lis
     device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(rows), batch_size):
-        ids, mask = _pad(rows[start:start + batch_size], pad_id, device)
+        ids, mask = pad_right(rows[start:start + batch_size], pad_id, device)
         scores.extend(sequence_rewards(model, ids, mask).tolist())
     return scores
 
@@ -96,7 +98,7 @@ class RewardModel:
         """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
         rows, cut = [], 0
         for prompt, response in zip(prompts, responses, strict=True):
-            ids = encode_response(self.tokenizer, prompt, response)
+            ids = reward_model_input(self.tokenizer, prompt, response)
             if len(ids) > max_length:
                 ids, cut = ids[-max_length:], cut + 1  # keep the end: the reward is read at the last token
             rows.append(ids)
@@ -108,36 +110,12 @@ class RewardModel:
         return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
 
 
-def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
-    """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    path = resolve_model(name)
-    try:
-        with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
-                         "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
-    return model.to(device)
-
-
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
     """Load a ``posttrain rm`` checkpoint on its base model, in eval mode."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
     folder = Path(folder)
     if not is_adapter_folder(folder) or not (folder / HEAD_FILE).is_file():
         raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
                          "make one with `posttrain rm`.")
-    device = device or default_device()
-    base_name = adapter_base(folder)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
-    base = load_scorer_base(base_name, dtype or default_dtype(device), device)
-    match_vocab(base, tokenizer)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, str(folder)).to(device)
-    model.eval()
-    return RewardModel(model, tokenizer, base_name)
+    loaded = load_model(str(folder), task="seq_cls", dtype=dtype, device=device)
+    loaded.model.eval()
+    return RewardModel(loaded.model, loaded.tokenizer, loaded.base_model)

@@ -1,15 +1,15 @@
-"""Every PPO role on one copy of the base weights.
+"""Every role of the RL stage on one copy of the base weights.
 
     policy     LoRA adapter "policy" (from the SFT adapter when given one), trainable
     reference  the starting policy, frozen: a frozen copy "reference" of the SFT adapter, or adapters off
-    critic     LoRA adapter "critic" + a value head, both initialised from the reward model, trainable
-    reward     LoRA adapter "reward" + the reward head, frozen
+    critic     (PPO only) LoRA adapter "critic" + a value head, initialised from the reward model, trainable
+    reward     LoRA adapter "reward" + the reward head, frozen (when a reward model is given)
 
-The base model is loaded once. A forward pass runs its rows through one role's adapter, or stacks the same
-rows once per role and runs each block through its own adapter (rlhf_lora.py), so policy and critic train
-from one pass. Heads read the transformer body's last hidden state, so no role pays for the vocabulary
-projection it does not use.
-If the reward model was trained on a different base, it is loaded separately and scored from text.
+:func:`load_roles` loads the base once (through posttrain.models.load_model) and puts the roles on it;
+:class:`Roles` runs them. A forward pass runs its rows through one role's adapter, or stacks the same rows once
+per role and runs each block through its own adapter (rlhf_lora.py), so policy and critic train from one pass.
+Heads read the transformer body's last hidden state, so no role pays for the vocabulary projection it does not use.
+If the reward model was trained on a different base, it is loaded separately and scores decoded text.
 """
 
 from __future__ import annotations
@@ -26,15 +26,11 @@ from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import packed_weight, position_ids, sample, swapped_weights
 from posttrain.models import (
     adapter_base,
-    adapter_tokenizer,
     belongs_to,
-    default_device,
     frozen_base_dtype,
     is_adapter_folder,
-    load_base_model,
-    load_tokenizer,
+    load_model,
     lora_config,
-    match_vocab,
     read_metadata,
     resolve_model,
     stop_token_ids,
@@ -42,6 +38,7 @@ from posttrain.models import (
 from posttrain.rl import logprobs_from_logits, entropy_from_logits
 from posttrain.stages.common import StageError, log
 from posttrain.stages.rlhf_lora import RowAdapters, blocks
+from posttrain.stages.rollout import Minibatch
 
 POLICY, REFERENCE, CRITIC, REWARD = "policy", "reference", "critic", "reward"
 EAGER_ATTENTION_MAX_LEN = 256
@@ -98,65 +95,21 @@ def load_head(folder: Path, hidden_size: int) -> nn.Linear:
 
 
 class Roles(nn.Module):
-    """The shared base with its adapters and heads; the trainable parts are the policy, critic and value head."""
+    """The shared base with its adapters and heads; the trainable parts are the policy and, for PPO, the critic
+    and its value head. Built by :func:`load_roles`."""
 
-    def __init__(self, config: RLHFConfig, device: torch.device | None = None):
+    def __init__(self, model, tokenizer, base_name: str, reference_adapter: str | None, value_head: nn.Module | None,
+                 device: torch.device, dtype: torch.dtype):
         super().__init__()
-        from peft import PeftModel, get_peft_model
-
-        self.device = device or default_device()
-        self.dtype = dtype = frozen_base_dtype(self.device, config.precision)
-        model_name = config.model
-        rm_folder = Path(config.reward_model)
-        if not is_adapter_folder(rm_folder) or read_metadata(rm_folder).get("stage") not in ("rm", "reward"):
-            raise StageError(f"--reward-model {rm_folder} is not a reward-model checkpoint (run `posttrain rm` to make one).")
-
-        # 1. the base model, once, and the policy adapter on it
-        if is_adapter_folder(model_name):
-            self.base_name = adapter_base(model_name)
-            self.tokenizer = adapter_tokenizer(model_name, self.base_name)
-            base = load_base_model(self.base_name, dtype=dtype, device=self.device)
-            match_vocab(base, self.tokenizer)
-            model = PeftModel.from_pretrained(base, model_name, adapter_name=POLICY, is_trainable=True)
-            load_lora_weights(model, Path(model_name), REFERENCE, trainable=False)
-            self.reference_adapter = REFERENCE
-            log(f"policy and reference start from the adapter in {model_name}")
-        else:
-            self.base_name = model_name
-            self.tokenizer = load_tokenizer(model_name)
-            base = load_base_model(model_name, dtype=dtype, device=self.device)
-            new_ids = match_vocab(base, self.tokenizer)
-            lora = LoraSection(**{**vars(config.lora), "dropout": 0.0})
-            model = get_peft_model(base, lora_config(lora, new_token_ids=new_ids), adapter_name=POLICY)
-            self.reference_adapter = None  # adapters off
-            log("policy is a fresh LoRA adapter; the reference is the base model (adapters off)")
-        self.model = model
+        self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
+        self.reference_adapter = reference_adapter  # None: the reference is the base with adapters off
+        self.value_head = value_head
+        self.has_critic = value_head is not None
+        self.device, self.dtype = device, dtype
+        self.reward_head: nn.Module | None = None  # the reward model's head, when it shares this base
+        self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
-        hidden = model.get_base_model().config.hidden_size
-        log(f"base weights in {str(dtype).removeprefix('torch.')}; adapters, heads and optimizer in float32")
-
-        # 2. reward model and critic: on the shared base when the reward model was trained on it
-        self.separate_reward = None
-        rm_base = adapter_base(rm_folder)
-        if _same_base(rm_base, self.base_name):
-            self._check_tokenizer(rm_folder)
-            load_lora_weights(model, rm_folder, REWARD, trainable=False)
-            self.reward_head = load_head(rm_folder, hidden).to(self.device).requires_grad_(False)
-            load_lora_weights(model, rm_folder, CRITIC, trainable=True)
-            self.value_head = load_head(rm_folder, hidden).to(self.device)
-            log(f"reward model and critic share the base weights (adapters '{REWARD}', '{CRITIC}' from {rm_folder})")
-        else:
-            from posttrain.stages.reward_model import load_reward_model
-
-            log(f"the reward model was trained on {rm_base}, not {self.base_name}: loading it separately (a second "
-                "copy of weights) and scoring responses from text")
-            self.separate_reward = load_reward_model(rm_folder, device=self.device)
-            critic_lora = LoraSection(**{**vars(config.lora), "dropout": 0.0})
-            model.add_adapter(CRITIC, lora_config(critic_lora))
-            self.value_head = nn.Linear(hidden, 1).to(self.device)
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
-            self.reward_head = None
+        self._trainable = (POLICY, CRITIC) if self.has_critic else (POLICY,)
         self._lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n or "trainable_tokens" in n]
         self._restore_trainable()
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -176,18 +129,8 @@ class Roles(nn.Module):
         self.model.eval()  # no dropout anywhere: rollout and training log-probs must agree
         self._packed_head = None  # the frozen vocabulary projection, packed for decoding at the first rollout
         self.stop_ids = stop_token_ids(self.tokenizer)
-        self.reward_suffix = _template_suffix(self.tokenizer)
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def _check_tokenizer(self, rm_folder: Path) -> None:
-        from transformers import AutoTokenizer
-
-        rm_tokenizer = AutoTokenizer.from_pretrained(rm_folder)
-        if rm_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise StageError(f"the reward model in {rm_folder} uses a different tokenizer ({len(rm_tokenizer)} tokens) from the "
-                             f"policy ({len(self.tokenizer)} tokens) on the same base; train the reward model from the same "
-                             "base or SFT checkpoint as the policy.")
 
     @contextlib.contextmanager
     def role(self, name: str | None) -> Iterator[None]:
@@ -213,11 +156,19 @@ class Roles(nn.Module):
         """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
         graph built before the critic's turn; trainability is ours to keep: policy and critic, nothing else."""
         for param_name, param in self._lora_params:
-            param.requires_grad_(belongs_to(param_name, POLICY) or belongs_to(param_name, CRITIC))
+            param.requires_grad_(any(belongs_to(param_name, name) for name in self._trainable))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trained parameters by role: "policy" (its LoRA and new token rows) and, with a critic, "critic"
+        (its LoRA and the value head). Each is clipped on its own."""
+        groups = {POLICY: [p for n, p in self.model.named_parameters() if belongs_to(n, POLICY)]}
+        if self.has_critic:
+            groups[CRITIC] = [p for n, p in self.model.named_parameters() if belongs_to(n, CRITIC)]
+            groups[CRITIC] += list(self.value_head.parameters())
+        return groups
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for n, p in self.model.named_parameters() if belongs_to(n, POLICY) or belongs_to(n, CRITIC)]
-        return params + list(self.value_head.parameters())
+        return [p for group in self.parameter_groups().values() for p in group]
 
     def _set_attention(self, implementation: str) -> None:
         causal_lm = self.model.get_base_model()
@@ -240,15 +191,18 @@ class Roles(nn.Module):
 
     # -- the role forwards -------------------------------------------------------------------------
 
-    def rollout(self, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-                top_p: float) -> torch.Tensor:
-        """Sampled responses (batch, response_len) of the policy; see posttrain.generation.sample."""
+    def rollout(self, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled responses (batch, response_len) of the policy and the log-probs of their tokens under the
+        weights that drew them; see posttrain.generation.sample."""
         self._set_attention(self._attention)  # the same kernel every step, so a resumed run samples alike
         with self._merged_policy(), self._autocast():
-            return sample(self.model, self.tokenizer, query, query_mask, max_new_tokens, temperature, top_p)
+            return sample(self.model, self.tokenizer, query, query_mask, max_new_tokens, temperature, with_logprobs=True)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+        if self.dtype != torch.bfloat16:
+            return contextlib.nullcontext()  # (not every device type has an autocast, even a disabled one)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @contextlib.contextmanager
     def _merged_policy(self) -> Iterator[None]:
@@ -324,26 +278,27 @@ class Roles(nn.Module):
         """Critic values (batch, response_len) from the critic's hidden states: V of the state before each response token."""
         return self.value_head(hidden[:, context_len - 1:-1].float()).squeeze(-1)
 
+    def forward(self, batch: Minibatch, temperature: float, entropy_grad: bool = False, with_entropy: bool = True):
+        """The training forward of a minibatch: policy log-probs and entropy (None without ``with_entropy``), and
+        critic values (None without a critic), (rows, width) each, from one shared pass, with graphs when grad is
+        enabled.
+
+        Scoring calls it too (under no_grad) with the minibatch views the first epoch trains on, so the old
+        log-probs of a row are computed exactly as its first training pass computes them."""
+        names = [POLICY, CRITIC] if self.has_critic else [POLICY]
+        hidden = self.hidden(names, batch.ids, batch.attn)
+        logprobs, entropy = self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature,
+                                          with_entropy=True, entropy_grad=entropy_grad) if with_entropy else \
+            (self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature), None)
+        values = self.values(hidden[1], batch.context) if self.has_critic else None
+        return logprobs, entropy, values
+
     @torch.no_grad()
-    def scores(self, query, query_mask, response, lengths, prompts_text=None) -> torch.Tensor:
-        """Reward-model score (batch,) of each prompt+response at its last token."""
-        if self.separate_reward is not None:
-            texts = [self.tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(response, lengths.tolist())]
-            return torch.tensor(self.separate_reward.score(prompts_text, texts), device=self.device)
-        rows, ends = [], []
-        for q, m, r, n in zip(query, query_mask, response, lengths.tolist()):
-            ids = torch.cat([q[m.bool()], r[:n], self.reward_suffix.to(r.device)])
-            rows.append(ids)
-            ends.append(len(ids) - 1)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = row, 1
-        with self.role(REWARD):
-            hidden = self._hidden(ids, mask)
-        last = hidden[torch.arange(len(rows), device=self.device), torch.tensor(ends, device=self.device)]
-        return self.reward_head(last.float()).squeeze(-1)
+    def reference_logprobs(self, batch: Minibatch, temperature: float) -> torch.Tensor:
+        """Reference log-probs (rows, width): the same rows in the same padded shape as the policy's pass, so at
+        the first step the KL is exactly 0."""
+        (hidden,) = self.hidden([self.reference_adapter], batch.ids, batch.attn)
+        return self.logprobs(self.reference_adapter, hidden, batch.ids, batch.context, temperature)
 
 
 def _same_base(a: str, b: str) -> bool:
@@ -353,16 +308,62 @@ def _same_base(a: str, b: str) -> bool:
         return a == b
 
 
-def _template_suffix(tokenizer) -> torch.Tensor:
-    """Tokens the chat template puts after an assistant turn's end token (ChatML: a newline).
+def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
+    """Load the base once and put every role on it: policy, reference, the reward model (when it shares the base)
+    and, with ``critic``, the critic and value head (from the reward model when there is one, else fresh)."""
+    dtype = frozen_base_dtype(device, config.precision)
+    rm_folder = Path(config.reward_model) if config.reward_model else None
+    if rm_folder is not None and (not is_adapter_folder(rm_folder) or read_metadata(rm_folder).get("stage") not in ("rm", "reward")):
+        raise StageError(f"--reward-model {rm_folder} is not a reward-model checkpoint (run `posttrain rm` to make one).")
 
-    The reward model was trained on template-rendered conversations, so it is scored on the same tail.
-    """
-    probe = "PROBE-7f3a"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": probe}], tokenize=False)
-    tail = text[text.rindex(probe) + len(probe):]
-    for stop in ("<|im_end|>", tokenizer.eos_token or ""):
-        if stop and tail.startswith(stop):
-            tail = tail[len(stop):]
-            break
-    return torch.tensor(tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else [], dtype=torch.long)
+    # 1. the base model, once, and the policy adapter on it; the reference is its starting point
+    if is_adapter_folder(config.model):
+        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, trainable=True)
+        load_lora_weights(loaded.model, Path(config.model), REFERENCE, trainable=False)
+        reference = REFERENCE
+        log(f"policy and reference start from the adapter in {config.model}")
+    else:
+        fresh = LoraSection(**{**vars(config.lora), "dropout": 0.0})
+        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, fresh=fresh)
+        reference = None  # adapters off
+        log("policy is a fresh LoRA adapter; the reference is the base model (adapters off)")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    hidden = model.get_base_model().config.hidden_size
+    log(f"base weights in {str(dtype).removeprefix('torch.')}; adapters, heads and optimizer in float32")
+
+    # 2. reward model and critic: on the shared base when the reward model was trained on it
+    shared = rm_folder is not None and _same_base(adapter_base(rm_folder), loaded.base_model)
+    value_head = None
+    if shared:
+        _check_tokenizer(rm_folder, tokenizer)
+        load_lora_weights(model, rm_folder, REWARD, trainable=False)
+        if critic:
+            load_lora_weights(model, rm_folder, CRITIC, trainable=True)
+            value_head = load_head(rm_folder, hidden).to(device)
+        log(f"the reward model shares the base weights (adapter '{REWARD}' from {rm_folder})"
+            + (f"; the critic starts from it (adapter '{CRITIC}')" if critic else ""))
+    elif critic:
+        model.add_adapter(CRITIC, lora_config(LoraSection(**{**vars(config.lora), "dropout": 0.0})))
+        value_head = nn.Linear(hidden, 1).to(device)
+        nn.init.zeros_(value_head.weight)
+        nn.init.zeros_(value_head.bias)
+    roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype)
+    if shared:
+        roles.reward_head = load_head(rm_folder, hidden).to(device).requires_grad_(False)
+    elif rm_folder is not None:
+        from posttrain.stages.reward_model import load_reward_model
+
+        log(f"the reward model was trained on {adapter_base(rm_folder)}, not {loaded.base_model}: loading it separately "
+            "(a second copy of weights) and scoring responses from text")
+        roles.separate_reward = load_reward_model(rm_folder, device=device)
+    return roles
+
+
+def _check_tokenizer(rm_folder: Path, tokenizer) -> None:
+    from transformers import AutoTokenizer
+
+    rm_tokenizer = AutoTokenizer.from_pretrained(rm_folder)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise StageError(f"the reward model in {rm_folder} uses a different tokenizer ({len(rm_tokenizer)} tokens) from the "
+                         f"policy ({len(tokenizer)} tokens) on the same base; train the reward model from the same "
+                         "base or SFT checkpoint as the policy.")

@@ -82,8 +82,9 @@ def save_checkpoint(output: Path, step: int, roles, base_path: str, state: dict[
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         save_adapter(roles.model, "policy", tmp / "policy", base_path)
-        save_adapter(roles.model, "critic", tmp / "critic", base_path)
-        save_file({k: v.detach().cpu() for k, v in roles.value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
+        if roles.has_critic:
+            save_adapter(roles.model, "critic", tmp / "critic", base_path)
+            save_file({k: v.detach().cpu() for k, v in roles.value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
         torch.save({**state, "rng": rng_states}, tmp / "state.pt")
         if final.exists():
             shutil.rmtree(final)
@@ -100,6 +101,7 @@ def load_checkpoint(folder: Path, roles) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     load_adapter_weights(roles.model, "policy", folder / "policy")
-    load_adapter_weights(roles.model, "critic", folder / "critic")
-    roles.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
+    if roles.has_critic:
+        load_adapter_weights(roles.model, "critic", folder / "critic")
+        roles.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
     return torch.load(folder / "state.pt", weights_only=False)

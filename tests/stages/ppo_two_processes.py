@@ -1,20 +1,29 @@
-"""Run by test_rlhf_distributed under `accelerate launch --num_processes 2`: each rank trains, then writes
-a digest of its policy weights and of the prompts it sampled."""
+"""Run by the 2-process tests under `accelerate launch --num_processes 2`: each rank trains, then writes a digest
+of its policy weights, the prompts it sampled (grouped as encoded) and, if the run stopped, its error message.
+
+    ppo_two_processes.py MODEL REWARD_MODEL PROMPTS OUTPUT [ppo|grpo|nan]
+
+"nan": rank 1's reward model returns NaN at the first step, and every rank must stop with the message.
+"""
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from posttrain.config import RLHFConfig, load_config
-from posttrain.stages import rlhf
+from posttrain.stages import rlhf_steps
+from posttrain.stages.common import StageError
 from posttrain.stages.rlhf import run_rlhf
 
 model, reward_model, prompts, output = sys.argv[1:5]
+mode = sys.argv[5] if len(sys.argv) > 5 else "ppo"
+rank = int(os.environ["RANK"])  # (a PartialState made here, before the stage's Accelerator, would change its state)
 seen = []
-real_encode = rlhf.encode_prompts
+real_encode = rlhf_steps.encode_prompts
 
 
 def recording_encode(tokenizer, batch, *args, **kwargs):
@@ -22,7 +31,12 @@ def recording_encode(tokenizer, batch, *args, **kwargs):
     return real_encode(tokenizer, batch, *args, **kwargs)
 
 
-rlhf.encode_prompts = recording_encode
+rlhf_steps.encode_prompts = recording_encode
+if mode == "nan" and rank == 1:
+    from posttrain.stages import rlhf_rewards
+
+    real_call = rlhf_rewards.RewardModelSource.__call__
+    rlhf_rewards.RewardModelSource.__call__ = lambda self, batch: real_call(self, batch) * float("nan")
 digest = {}
 
 
@@ -31,11 +45,14 @@ def on_step(roles, record):
     digest["policy"] = hashlib.sha256(b"".join(w.numpy().tobytes() for w in weights)).hexdigest()
 
 
-config = load_config(RLHFConfig, None, {
-    "model": model, "reward_model": reward_model, "prompts": prompts, "output": output, "rollout.batch_size": 2,
-    "rollout.max_new_tokens": 5, "ppo.minibatch_size": 1, "ppo.steps": 2, "ppo.lr": 1e-3, "lora.r": 4})
-run_rlhf(config, on_step=on_step)
-from accelerate import PartialState
-
-rank = PartialState().process_index
-Path(output, f"rank{rank}.json").write_text(json.dumps({**digest, "prompts": seen}))
+settings = {"model": model, "reward_model": reward_model, "prompts": prompts, "output": output, "rollout.batch_size": 2,
+            "rollout.max_new_tokens": 5, "ppo.minibatch_size": 1, "ppo.steps": 2, "ppo.lr": 1e-3, "lora.r": 4}
+if mode == "grpo":
+    settings.update({"algo": "grpo", "rollout.group_size": 3, "ppo.minibatch_size": 3})
+error = None
+try:
+    run_rlhf(load_config(RLHFConfig, None, settings), on_step=on_step)
+except StageError as err:
+    error = str(err)
+Path(output).mkdir(parents=True, exist_ok=True)
+Path(output, f"rank{rank}.json").write_text(json.dumps({**digest, "prompts": seen, "error": error}))

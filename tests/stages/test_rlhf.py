@@ -62,6 +62,12 @@ def ppo_config(model, rm, prompts, output, **overrides) -> RLHFConfig:
     return load_config(RLHFConfig, None, values)
 
 
+def roles_for(config, critic=True):
+    from posttrain.stages.rlhf_roles import load_roles
+
+    return load_roles(config, torch.device("cpu"), critic=critic)
+
+
 def adapter_state(roles, name):
     from posttrain.models import belongs_to
 
@@ -70,11 +76,10 @@ def adapter_state(roles, name):
 
 def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     from posttrain.stages.rlhf import run_rlhf
-    from posttrain.stages.rlhf_roles import Roles
 
     config = ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{"ppo.steps": 3})
     torch.manual_seed(config.ppo.seed)  # run_rlhf seeds the same way, so the fresh policy adapter starts identical
-    start = Roles(config)
+    start = roles_for(config)
     before = {name: adapter_state(start, name) for name in ("policy", "critic", "reward")}
     before["base"] = {n: p.detach().clone() for n, p in start.model.named_parameters() if "lora_" not in n}
     before["value_head"] = start.value_head.weight.detach().clone()
@@ -99,7 +104,7 @@ def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_
         assert torch.equal(value, before["reward"][key.replace(".critic.", ".reward.")])
     # the output is a chat checkpoint: a plain adapter folder with metrics, plots and samples
     out = tmp_path / "ppo"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "ppo.png", "samples.md", "posttrain.json"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "rl.png", "samples.md", "posttrain.json"):
         assert (out / name).is_file(), name
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["step"] for h in history] == [1, 2, 3]
@@ -132,9 +137,9 @@ def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_mo
     """Sampling runs on base weights with the policy's LoRA delta folded in: the same function as the unmerged
     adapter, and the base tensors are back as they were afterwards."""
     from posttrain.generation import encode_prompts
-    from posttrain.stages.rlhf_roles import POLICY, Roles
+    from posttrain.stages.rlhf_roles import POLICY
 
-    roles = Roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="fp32"))
+    roles = roles_for(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="fp32"))
     with torch.no_grad():
         for name, param in roles.model.named_parameters():
             if ".policy." in name and "lora_B" in name:
@@ -155,7 +160,8 @@ def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_mo
     assert torch.allclose(folded, adapter, atol=1e-5)
     assert not torch.allclose(folded, base, atol=1e-3)
     assert all(torch.equal(before[n], p) for n, p in roles.model.named_parameters())
-    assert roles.rollout(query, mask, 4, temperature=1.0, top_p=1.0).shape[0] == 2
+    response, logprobs = roles.rollout(query, mask, 4, temperature=1.0)
+    assert response.shape[0] == 2 and logprobs.shape == response.shape
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -163,9 +169,9 @@ def test_roles_in_one_batched_pass_match_one_pass_per_role(tiny_model_dir, tiny_
     """Stacking the rows once per role (policy, adapters off, critic) in one pass gives each role the hidden
     states a pass of its own gives, to the bit, and the same gradients for policy and critic."""
     from posttrain.generation import encode_prompts
-    from posttrain.stages.rlhf_roles import CRITIC, POLICY, Roles
+    from posttrain.stages.rlhf_roles import CRITIC, POLICY
 
-    roles = Roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision=precision))
+    roles = roles_for(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision=precision))
     assert roles._rows is not None  # plain LoRA: the row-block forward is in charge
     with torch.no_grad():
         for name, param in roles.model.named_parameters():
@@ -302,42 +308,68 @@ def test_bad_inputs_give_clear_errors(tiny_model_dir, tiny_rm, prompts_file, tmp
         run_rlhf(ppo_config(tiny_model_dir, mismatched, prompts_file, tmp_path / "e"))
 
 
-def test_two_processes_shard_rollouts_and_all_reduce_gradients(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
-    """2 CPU processes (gloo): each samples different prompts, and both end with the same policy weights."""
+def run_two_processes(model, rm, prompts, output, mode="ppo"):
     import os
     import subprocess
     import sys
 
-    output = tmp_path / "two"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ppo_two_processes.py")),
-               str(tiny_model_dir), str(tiny_rm), str(prompts_file), str(output)]
+               str(model), str(rm), str(prompts), str(output), mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((output / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((output / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_processes_shard_rollouts_and_all_reduce_gradients(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """2 CPU processes (gloo): each samples different prompts, and both end with the same policy weights."""
+    ranks = run_two_processes(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "two")
     assert ranks[0]["policy"] == ranks[1]["policy"]
     assert ranks[0]["prompts"] != ranks[1]["prompts"]
-    assert (output / "posttrain.json").is_file()
+    assert (tmp_path / "two" / "posttrain.json").is_file()
+
+
+def test_two_processes_keep_each_prompts_group_on_one_process(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """GRPO under 2 processes: every encoded batch is whole groups of the same prompt, the ranks' prompts differ,
+    and the ranks end with the same policy."""
+    ranks = run_two_processes(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "grpo", "grpo")
+    assert ranks[0]["policy"] == ranks[1]["policy"]
+    for rank in ranks:
+        training = [batch for batch in rank["prompts"] if len(batch) == 6]  # 2 prompts x 3 responses
+        assert len(training) == 2
+        for batch in training:
+            assert [len(set(batch[i:i + 3])) for i in (0, 3)] == [1, 1]
+    assert ranks[0]["prompts"] != ranks[1]["prompts"]
+
+
+def test_a_nan_on_one_process_stops_every_process_with_the_message(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """Rank 1's rewards turn NaN: both ranks agree before raising, so neither hangs in the next collective, and
+    both end with the message naming the process."""
+    ranks = run_two_processes(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "nan", "nan")
+    for rank in ranks:
+        assert rank["error"] and "NaN or infinite at step 1 (on process 1)" in rank["error"]
 
 
 def test_minibatch_views_drop_only_columns_that_are_padding_in_every_row():
-    from posttrain.stages.rlhf import view_rows
+    from posttrain.stages.rollout import Rollout
 
     # three rows, prompt width 4 (left-padded), response width 5 (right-padded):
     # row 0: prompt of 2, response of 3; row 1: prompt of 3, response of 1; row 2: prompt of 4, response of 5
     prompt_mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
     response_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
     ids = torch.arange(27).view(3, 9)
-    view = view_rows(ids, attention, response_mask, 4, torch.tensor([0, 1]))
+    rollout = Rollout(ids[:, :4], prompt_mask, ids[:, 4:], response_mask, response_mask.sum(1), torch.ones(3, dtype=torch.bool),
+                      torch.zeros(3, 5), [{}] * 3, advantages=torch.arange(15.0).view(3, 5))
+    view = rollout.rows(torch.tensor([0, 1]))
     # rows 0 and 1: the first prompt column is padding in both, and responses end by column 3
     assert (view.context, view.width) == (3, 3)
     assert view.ids.tolist() == [[1, 2, 3, 4, 5, 6], [10, 11, 12, 13, 14, 15]]
     assert view.mask.tolist() == [[True, True, True], [True, False, False]]
+    assert view.advantages.tolist() == [[0, 1, 2], [5, 6, 7]] and view.values is None
     full = torch.zeros(3, 5)
     view.scatter(full, torch.ones(2, 3))
     assert full.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
     # with row 2 in the minibatch nothing can be dropped
-    whole = view_rows(ids, attention, response_mask, 4, torch.tensor([2, 0]))
+    whole = rollout.rows(torch.tensor([2, 0]))
     assert (whole.context, whole.width, whole.ids.shape) == (4, 5, (2, 9))

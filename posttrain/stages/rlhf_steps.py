@@ -1,0 +1,230 @@
+"""The steps of one RL iteration, in the loop's order: ``collect_rollouts`` -> ``score`` -> ``advantages`` ->
+``update``. Each reads and fills the one :class:`~posttrain.stages.rollout.Rollout` of the step; the math is in
+posttrain.rl. The loop itself, and the algorithm table that sets which estimator runs, are in rlhf.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import NamedTuple
+
+import torch
+
+from posttrain.config import RLHFConfig
+from posttrain.generation import encode_prompts
+from posttrain.rl import (
+    AdvantageInputs,
+    entropy_bonus,
+    estimate_advantages,
+    kl_loss,
+    kl_penalty,
+    no_eos_penalty,
+    per_token_rewards,
+    ppo_policy_loss,
+    truncate_after_stop,
+    value_loss,
+)
+from posttrain.rewards import RewardFunctionError
+from posttrain.stages.rlhf_rewards import Responses, RewardSources, decode_responses
+from posttrain.stages.rollout import Rollout, minibatch_rows
+
+
+class Forward(NamedTuple):
+    """A minibatch's training forward: (rows, width) policy log-probs and entropy, critic values or None."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. rollout
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_rollouts(roles, rows: list[dict], config: RLHFConfig, group_size: int) -> tuple[Rollout, int]:
+    """Sample ``group_size`` responses to each prompt row (a group in consecutive rows); returns the rollout and
+    how many prompts were cut to max_prompt_length."""
+    rollout = config.rollout
+    rows = [row for row in rows for _ in range(group_size)]
+    query, query_mask, cut_prompts = encode_prompts(roles.tokenizer, [r["prompt"] for r in rows], rollout.max_prompt_length,
+                                                    roles.device)
+    response, sampled = roles.rollout(query, query_mask, rollout.max_new_tokens, rollout.temperature)
+    cut = truncate_after_stop(response, roles.stop_ids, roles.tokenizer.pad_token_id)
+    return Rollout(query, query_mask, cut.ids, cut.mask, cut.lengths, cut.has_stop, sampled.masked_fill(~cut.mask, 0.0),
+                   rows, group_size), cut_prompts // group_size
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. score
+# ---------------------------------------------------------------------------------------------
+
+
+def score(rollout: Rollout, roles, sources: RewardSources, config: RLHFConfig, moments, collective, guard, step: int) -> Forward:
+    """Rewards from every source, and old log-probs, reference log-probs and values of every response.
+
+    The first epoch's minibatch order is fixed here, and every old log-prob and value comes from the same training
+    forward, on the same minibatch view, that the first epoch runs: before the first optimizer step, old and new
+    log-probs agree to the bit (the PPO ratio is exactly 1). The first minibatch's pass keeps its graph and is
+    returned: ``update`` trains on it instead of running it twice.
+    """
+    temperature, ppo = config.rollout.temperature, config.ppo
+    rollout.order = torch.randperm(len(rollout))
+    views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, ppo.minibatch_size)]
+    first = Forward(*roles(views[0], temperature, entropy_grad=ppo.entropy_coef != 0))
+    with torch.no_grad():
+        old, ref = (torch.zeros(rollout.mask.shape, device=rollout.mask.device) for _ in range(2))
+        values = torch.zeros_like(old) if roles.has_critic else None
+        for i, view in enumerate(views):
+            out = first if i == 0 else Forward(*roles(view, temperature, with_entropy=False))
+            view.scatter(old, out.logprobs.detach())
+            if values is not None:
+                view.scatter(values, out.values.detach())
+            view.scatter(ref, roles.reference_logprobs(view, temperature))
+        rollout.old_logprobs, rollout.ref_logprobs = old.masked_fill(~rollout.mask, 0), ref.masked_fill(~rollout.mask, 0)
+        rollout.values = values.masked_fill(~rollout.mask, 0) if values is not None else None
+
+        texts, ids = decode_responses(roles.tokenizer, rollout.response, rollout.lengths, rollout.has_stop)
+        batch = Responses([r["prompt"] for r in rollout.prompts], rollout.prompts, texts, ids, step + 1, ppo.steps)
+        try:
+            rollout.source_scores, rollout.raw_scores = sources(batch)
+            failure = None
+        except RewardFunctionError as err:  # a user's function failed: every process stops, not this one alone
+            failure = err
+        guard.together(failure)
+        scores = rollout.raw_scores
+        if config.rollout.penalise_no_eos:
+            scores = no_eos_penalty(scores, rollout.has_stop, config.rollout.no_eos_penalty)
+        if ppo.normalize_rewards:
+            moments.update(collective.gather(scores))
+            scores = moments.normalize(scores)
+        if ppo.reward_clip > 0:
+            scores = scores.clamp(-ppo.reward_clip, ppo.reward_clip)
+        rollout.scores = scores
+    return first
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-4. KL-penalised rewards and advantages
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def advantages(rollout: Rollout, config: RLHFConfig, estimator: str, kl_in_loss: bool, beta: float) -> None:
+    """Per-token KL to the reference, per-token rewards (the score at the last token, minus beta * KL at every
+    token when the KL is in the reward) and the estimator's advantages (and the critic's returns, for GAE)."""
+    ppo, mask = config.ppo, rollout.mask
+    rollout.kl = kl_penalty(rollout.old_logprobs, rollout.ref_logprobs, ppo.kl_estimator).masked_fill(~mask, 0)
+    rollout.rewards = per_token_rewards(rollout.scores, rollout.kl, 0.0 if kl_in_loss else beta, mask).rewards
+    out = estimate_advantages(estimator, AdvantageInputs(rollout.rewards, rollout.values, mask, rollout.group_size,
+                                                         ppo.gamma, ppo.lam, ppo.whiten_advantages, ppo.scale_rewards))
+    rollout.advantages, rollout.returns = out.advantages, out.returns
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. update: PPO-clip epochs
+# ---------------------------------------------------------------------------------------------
+
+
+class Losses(NamedTuple):
+    total: torch.Tensor
+    stats: dict[str, torch.Tensor]
+
+
+def minibatch_losses(out: Forward, mb, config: RLHFConfig, kl_in_loss: bool, beta: float) -> Losses:
+    """The clipped policy loss (+ entropy bonus, + value loss with a critic, + beta * k3 when the KL is in the loss)."""
+    ppo, max_len = config.ppo, config.rollout.max_new_tokens
+    pg = ppo_policy_loss(out.logprobs, mb.old_logprobs, mb.advantages, mb.mask, ppo.clip_eps, ppo.loss_aggregation, max_len)
+    ent = entropy_bonus(out.entropy, mb.mask, ppo.entropy_coef)
+    total = pg.loss + ent.loss
+    stats = {"policy_loss": pg.loss, "clip_frac": pg.clip_frac, "approx_kl": pg.approx_kl, "ratio": pg.ratio_mean,
+             "entropy": ent.entropy}
+    if out.values is not None:
+        vf = value_loss(out.values, mb.values, mb.returns, mb.mask, ppo.value_clip_eps)
+        total = total + ppo.vf_coef * vf.loss
+        stats.update(value_loss=vf.loss, value_clip_frac=vf.clip_frac)
+    if kl_in_loss:
+        kl = kl_loss(out.logprobs, mb.ref_logprobs, mb.mask, beta, ppo.loss_aggregation, max_len)
+        total = total + kl.loss
+        stats.update(kl_loss=kl.loss)
+    return Losses(total, stats)
+
+
+class Optimisation:
+    """AdamW over the policy and (for PPO) the critic, a linear LR decay, and steps that clip each role on its own."""
+
+    def __init__(self, roles, config: RLHFConfig, updates_per_step: int, device: torch.device):
+        ppo = config.ppo
+        self.groups = roles.parameter_groups()
+        self.max_grad_norm = ppo.max_grad_norm
+        self.optimizer = torch.optim.AdamW([{"params": params} for params in self.groups.values()], lr=ppo.lr, eps=1e-5,
+                                           weight_decay=ppo.weight_decay, fused=device.type in ("cpu", "cuda"))
+        total = max(1, ppo.steps * updates_per_step)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: max(0.0, 1.0 - update / total))
+
+    def step(self, collective) -> dict[str, float]:
+        """Average gradients across processes, clip each role's, step, advance the schedule; the gradient norms."""
+        norms = {}
+        for name, params in self.groups.items():
+            collective.average_gradients(params)
+            norms[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norms
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def update(rollout: Rollout, first: Forward, roles, optim: Optimisation, config: RLHFConfig, kl_in_loss: bool, beta: float,
+           collective, guard) -> dict[str, float]:
+    """PPO-clip epochs over minibatches of the rollout; returns the mean of each statistic.
+
+    ``ppo.grad_accum`` minibatches make one optimizer step, and every epoch ends with one (its last group may be
+    shorter): no gradient is carried into the next epoch or rollout. Statistics of the minibatches that run
+    before the step's first optimizer step are also kept as ``*_before_update``: there the policy is still the
+    one that sampled, so the ratio must be 1 and clip fraction and approx-KL 0.
+    """
+    ppo, temperature = config.ppo, config.rollout.temperature
+    stats: dict[str, list[float]] = defaultdict(list)
+    updated = stopped_early = False
+    steps = 0
+    for epoch in range(ppo.epochs):
+        batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), ppo.minibatch_size)
+        for start in range(0, len(batches), ppo.grad_accum):
+            chunk = batches[start:start + ppo.grad_accum]
+            for i, rows in enumerate(chunk):
+                mb = rollout.rows(rows)
+                # 5a. epoch 1's first minibatch already ran its training forward in `score`, on these same weights
+                # (that pass gave its rows' old log-probs): train on its graph instead of a second forward
+                reuse = epoch == 0 and start == 0 and i == 0
+                out = first if reuse else Forward(*roles(mb, temperature, entropy_grad=ppo.entropy_coef != 0))
+                losses = minibatch_losses(out, mb, config, kl_in_loss, beta)
+                guard.check_finite(losses.total, "the loss")
+                (losses.total / len(chunk)).backward()  # the mean over the optimizer step's minibatches
+                del out
+                for key, value in losses.stats.items():
+                    stats[key].append(float(value.detach()))
+                    if not updated and key in ("ratio", "clip_frac", "approx_kl"):
+                        stats[f"{key}_before_update"].append(float(value.detach()))
+            for key, value in optim.step(collective).items():
+                stats[key].append(value)
+            updated, steps = True, steps + 1
+        epoch_kl = collective.mean({"kl": sum(stats["approx_kl"][-len(batches):]) / len(batches)})["kl"]
+        if ppo.target_approx_kl > 0 and epoch_kl > ppo.target_approx_kl:
+            stopped_early = True
+            break
+    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    out.update(epoch_stopped_early=float(stopped_early), optimizer_steps=float(steps))
+    return out
+
+
+def updates_per_step(config: RLHFConfig, responses: int) -> int:
+    """Optimizer steps per RL step: per epoch, ceil(minibatches / grad_accum)."""
+    return config.ppo.epochs * math.ceil(responses // config.ppo.minibatch_size / config.ppo.grad_accum)

@@ -1,0 +1,253 @@
+"""The RL loop's mechanics on tiny models: optimizer steps and gradient accumulation, the PPO ratio before the
+first update, collectives on the accelerator's device, one reward-model input everywhere, stop tokens, settings
+that are refused, and one gradient clip per role."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.config import ConfigError
+from test_rlhf import build_tiny_reward_model, ppo_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, tiny_model_dir):
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    questions = ["Name a fruit.", "What is two plus two?", "Say hello.", "Pick a colour.", "Count to three.",
+                 "What is the capital of France?", "Give me a word.", "How are you?"]
+    path.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": q}]}) for q in questions) + "\n")
+    return path
+
+
+def leftover_gradients(roles) -> list[str]:
+    return [n for n, p in roles.named_parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("minibatches,grad_accum", [(3, 2), (2, 4)])
+def test_every_epoch_ends_with_an_optimizer_step_and_the_schedule_reaches_zero(
+        tiny_model_dir, tiny_rm, prompts_file, tmp_path, minibatches, grad_accum):
+    """3 minibatches with grad_accum 2: steps after minibatches 2 and 3 (the shorter last group), so no gradient
+    leaks into the next epoch or rollout. 2 minibatches with grad_accum 4: one step per epoch, not none. The
+    linear decay's total counts exactly these steps, so the learning rate is 0 after the last one."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    records, leftovers = [], []
+
+    def on_step(roles, record):
+        records.append(record)
+        leftovers.append(leftover_gradients(roles))
+
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
+        "rollout.batch_size": 2 * minibatches, "ppo.minibatch_size": 2, "ppo.grad_accum": grad_accum,
+        "ppo.epochs": 2, "ppo.steps": 2}), on_step=on_step)
+    per_epoch = -(-minibatches // grad_accum)
+    assert [r["optimizer_steps"] for r in records] == [2 * per_epoch] * 2
+    assert leftovers == [[], []], "gradients were left over after the step"
+    assert records[0]["lr"] > 0 and records[-1]["lr"] == 0.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ratio_is_one_before_the_first_update_with_several_minibatches_and_epochs(
+        tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
+    """Old log-probs come from the scoring passes, new ones from the training passes. With 4 minibatches accumulated
+    into one optimizer step, every minibatch of the first epoch is scored before any update: there the ratio must
+    be exactly 1, clip fraction and approx-KL exactly 0, at every step (not only the first) and in bf16 too. The
+    second epoch runs after an update, so its ratio moves: the statistic is live."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    records = []
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
+        "rollout.batch_size": 8, "ppo.minibatch_size": 2, "ppo.grad_accum": 4, "ppo.epochs": 2, "ppo.steps": 2,
+        "ppo.lr": 5e-2, "precision": precision}), on_step=lambda roles, record: records.append(record))
+    for record in records:
+        assert record["ratio_before_update"] == pytest.approx(1.0, abs=1e-6)
+        assert record["clip_frac_before_update"] == 0.0
+        assert record["approx_kl_before_update"] == pytest.approx(0.0, abs=1e-7)
+        assert record["ratio"] != pytest.approx(1.0, abs=1e-6), "the second epoch's ratio should move"
+    assert records[0]["kl"] == 0.0
+
+
+class StandInAccelerator:
+    """Two processes' collectives on one process: records every tensor handed to a collective; each other
+    process is a copy of this one."""
+
+    def __init__(self, device):
+        self.device, self.num_processes, self.process_index, self.is_main_process = device, 2, 0, True
+        self.seen: list[tuple[str, torch.device, torch.dtype]] = []
+
+    def reduce(self, tensor, reduction="mean"):
+        self.seen.append(("reduce", tensor.device, tensor.dtype))
+        return tensor.clone()
+
+    def gather(self, tensor):
+        self.seen.append(("gather", tensor.device, tensor.dtype))
+        return torch.cat([tensor, tensor])
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_collectives_put_their_tensors_on_the_accelerators_device():
+    """NCCL reduces only tensors on the GPU. With a stand-in accelerator on torch's lazy device (a device that is not
+    the CPU, as a GPU is not), every tensor the loop's collectives hand over must be on that device."""
+    lazy = pytest.importorskip("torch._lazy.ts_backend")
+    lazy.init()
+    from posttrain.stages.rlhf_monitor import Collective
+
+    device = torch.device("lazy")
+    accelerator = StandInAccelerator(device)
+    collective = Collective(accelerator)
+    assert collective.mean({"a": 1.0, "b": 3.0}) == {"a": 1.0, "b": 3.0}
+    assert collective.flags(True) == [True, True]
+    collective.gather(torch.ones(3))  # a CPU tensor from the caller is moved first
+    layer = torch.nn.Linear(3, 2).to(device)
+    layer(torch.ones(4, 3, device=device)).sum().backward()
+    collective.average_gradients(list(layer.parameters()))
+    assert {kind for kind, _, _ in accelerator.seen} == {"reduce", "gather"}
+    assert all(d.type == "lazy" for _, d, _ in accelerator.seen), accelerator.seen
+
+
+def test_the_stage_hands_every_collective_to_the_accelerator(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """The whole stage under a 2-process stand-in: every collective (metrics, NaN agreement, reward normalisation,
+    gradient averaging) goes through the accelerator, with tensors on its device and of a dtype every backend
+    reduces (no float64)."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    accelerator = StandInAccelerator(torch.device("cpu"))
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{"ppo.normalize_rewards": True}),
+             accelerator=accelerator)
+    assert len(accelerator.seen) > 10
+    assert {kind for kind, _, _ in accelerator.seen} == {"reduce", "gather"}
+    assert all(d == accelerator.device and dtype != torch.float64 for _, d, dtype in accelerator.seen)
+    assert (tmp_path / "ppo" / "posttrain.json").is_file()
+
+
+@pytest.mark.parametrize("prompt", ["Name a fruit.", [{"role": "user", "content": "Name a fruit."}]])
+def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt):
+    """One function builds the reward model's input: the score of a prompt and response is the same in the
+    reward-model stage's own tokenisation, in `posttrain score`, and in the RL stage's reward source."""
+    from posttrain.config import RewardConfig, ScoreConfig, load_config
+    from posttrain.stages.reward import run_reward, tokenise_pairs
+    from posttrain.stages.reward_model import load_reward_model, score_ids
+    from posttrain.stages.rlhf_rewards import RewardModelSource, Responses
+    from posttrain.stages.rlhf_roles import load_roles
+    from posttrain.stages.score import run_score
+
+    response = "An apple, crisp and sweet."
+    pairs = tmp_path / "pairs.jsonl"
+    rejected = "No." if isinstance(prompt, str) else [{"role": "assistant", "content": "No."}]
+    chosen = response if isinstance(prompt, str) else [{"role": "assistant", "content": response}]
+    pairs.write_text("".join(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n" for _ in range(4)))
+    rm_dir = run_reward(load_config(RewardConfig, None, {"model": str(tiny_model_dir), "data": str(pairs),
+                                                           "output": str(tmp_path / "rm"), "max_steps": 2, "lora.r": 4,
+                                                           "train.eval_split": 0.0}))
+    rm = load_reward_model(rm_dir)
+    # 1. the reward-model stage's tokenisation of the pair, scored by the trained model
+    ids, _ = tokenise_pairs([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], rm.tokenizer, 384)
+    trained = score_ids(rm.model, ids.chosen, rm.tokenizer.pad_token_id, 1)[0]
+    # 2. posttrain score on a prompt/completion row
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": prompt, "completion": chosen}) + "\n")
+    run_score(ScoreConfig(model=str(rm_dir), data=str(rows), output=str(tmp_path / "scored.jsonl")))
+    scored = json.loads((tmp_path / "scored.jsonl").read_text())["reward"]
+    # 3. the RL stage: the reward adapter and head on the policy's shared base, scoring the decoded response
+    roles = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo", precision="fp32"),
+                       torch.device("cpu"), critic=False)
+    rl = RewardModelSource(roles)(Responses([prompt], [{"prompt": prompt}], [response], [[]], 1, 1)).item()
+    assert trained == pytest.approx(scored, abs=1e-5)
+    assert rl == pytest.approx(trained, abs=1e-4)
+
+
+def test_no_eos_penalty_help_says_what_it_does():
+    from posttrain.config import RLHFConfig, field_docs
+
+    docs = {key: text for key, text, _ in field_docs(RLHFConfig)}
+    assert "disable" not in docs["rollout.no_eos_penalty"]
+    assert "replaces" in docs["rollout.no_eos_penalty"] and "penalise_no_eos" in docs["rollout.no_eos_penalty"]
+    assert "false switches this off" in docs["rollout.penalise_no_eos"]
+
+
+def test_settings_the_rl_stage_refuses(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    from posttrain.stages.rlhf import run_rlhf
+
+    with pytest.raises(ConfigError, match="top_p"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "a", **{"rollout.top_p": 0.9}))
+    with pytest.raises(ConfigError, match="group_size must be at least 2"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "b", algo="grpo", **{"rollout.group_size": 1}))
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "c", algo="rloo",
+                            **{"rollout.batch_size": 3, "rollout.group_size": 2, "ppo.minibatch_size": 4}))
+    with pytest.raises(ConfigError, match="missing a reward"):
+        run_rlhf(ppo_config(tiny_model_dir, "", prompts_file, tmp_path / "d"))
+
+
+def test_policy_and_critic_are_clipped_separately_and_not_decayed():
+    """A huge critic gradient must not shrink the policy's step (one joint clip would scale the policy's
+    gradient by the critic's norm); AdamW's default weight decay (0.01) must not pull the adapters to zero."""
+    from types import SimpleNamespace
+
+    from posttrain.config import RLHFConfig
+    from posttrain.stages.rlhf_steps import Optimisation
+
+    policy, critic = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    roles = SimpleNamespace(parameter_groups=lambda: {"policy": [policy], "critic": [critic]})
+    config = RLHFConfig()
+    config.ppo.max_grad_norm = 1.0
+    optim = Optimisation(roles, config, 1, torch.device("cpu"))
+    assert all(group["weight_decay"] == 0.0 for group in optim.optimizer.param_groups)
+    policy.grad, critic.grad = torch.full((4,), 0.25), torch.full((4,), 500.0)  # norms 0.5 and 1000
+    seen = {}
+    original = optim.optimizer.step
+
+    def step():
+        seen["policy"], seen["critic"] = policy.grad.norm().item(), critic.grad.norm().item()
+        original()
+
+    optim.optimizer.step = step
+    norms = optim.step(SimpleNamespace(average_gradients=lambda params: None))
+    assert norms == {"grad_norm_policy": pytest.approx(0.5), "grad_norm_critic": pytest.approx(1000.0)}
+    assert seen["policy"] == pytest.approx(0.5) and seen["critic"] == pytest.approx(1.0, rel=1e-4)
+
+
+CHAT_TEMPLATES = {
+    "chatml": ("<|im_end|>", "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "llama3": ("<|eot_id|>", "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                             "{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+                             "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"),
+    "gemma": ("<end_of_turn>", "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+                               "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}"
+                               "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
+}
+
+
+@pytest.mark.parametrize("template", sorted(CHAT_TEMPLATES))
+def test_stop_tokens_come_from_the_chat_template(real_tokenizer_dir, template):
+    """Responses end at the template's own end-of-turn token (Llama 3's <|eot_id|>, Gemma's <end_of_turn>), not
+    only at EOS and ChatML's <|im_end|>."""
+    from transformers import AutoTokenizer
+
+    from posttrain.models import stop_token_ids
+
+    end, text = CHAT_TEMPLATES[template]
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+                                                                "<end_of_turn>", "<start_of_turn>"]})
+    tokenizer.chat_template = text
+    tokenizer.eos_token = "<|endoftext|>"
+    stops = stop_token_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids(end) in stops
+    assert tokenizer.eos_token_id in stops
+    others = {t for t, _ in CHAT_TEMPLATES.values()} - {end}
+    assert not {tokenizer.convert_tokens_to_ids(t) for t in others} & set(stops)
