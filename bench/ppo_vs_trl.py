@@ -4,11 +4,16 @@ batch size and lengths, interleaved in one session.
     python bench/ppo_vs_trl.py                      # default model, 4 PPO steps per run, 2 rounds
     python bench/ppo_vs_trl.py --steps 6 --rounds 3
 
+    python bench/ppo_vs_trl.py --cpu avx2           # as on a CPU without AVX512-BF16/AMX (oneDNN and ATen
+                                                    # limited to AVX2; posttrain's base then stays fp32)
+
 trl 1.12.0 (the last release with PPO) is installed by this script into its own virtualenv
-(bench/.venv-trl112) with the same torch. Each run is a separate process, so its peak resident memory
-(ru_maxrss) is its own. Runs are interleaved (ours, trl full, trl peft, ours, ...) so machine noise
-hits all three alike. The first PPO step of each run is warm-up and is not counted.
-Writes bench/results/ppo_vs_trl.json and prints a table of medians and ratios.
+(bench/.venv-trl112) with the same torch. Each run is a separate process and reports its own peak resident
+memory (VmHWM, which exec resets; see bench/peak_memory.py); the reward model the runs score with is made in a
+subprocess too, so the parent stays small. Runs are interleaved (ours, trl full, trl peft, ours, ...) so machine
+noise hits all three alike. The first PPO step of each run is warm-up and is not counted.
+Writes bench/results/ppo_vs_trl[_avx2].json (with the CPU's bf16 capability and the precision each side used)
+and prints a table of medians and ratios.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TRL_VENV = HERE / ".venv-trl112"
+sys.path.insert(0, str(HERE))
+from peak_memory import peak_mib  # noqa: E402
+
+# What `--cpu avx2` sets for every worker: oneDNN and ATen kernels limited to AVX2, as on a CPU without bf16 units
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def ensure_trl_venv() -> Path:
@@ -65,10 +74,12 @@ def ours_worker(args) -> None:
         lengths.append(record["response_length"])
         phases.append({k: round(record[k], 2) for k in ("rollout_seconds", "score_seconds", "optimise_seconds")})
 
+    from posttrain.models import frozen_base_dtype
+
     run_rlhf(config, on_step=on_step)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak, "response_length": lengths,
-                                  "phases": phases}))
+    precision = str(frozen_base_dtype(torch.device("cpu"), "auto")).removeprefix("torch.")
+    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak_mib(), "response_length": lengths,
+                                  "phases": phases, "precision": f"base {precision}, adapters fp32"}))
 
 
 def run(command: list[str], env: dict) -> dict:
@@ -82,20 +93,27 @@ def run(command: list[str], env: dict) -> dict:
     return out
 
 
-def default_reward_model(model: str) -> str:
+def default_reward_model(model: str, env: dict) -> str:
     """A reward-model checkpoint to score with: runs/rm-default when the README's `posttrain rm` made one,
-    else a 2-step one made here (its scores do not matter for timing)."""
+    else a 2-step one made here, in a subprocess (its scores do not matter for timing)."""
     made = REPO / "runs" / "rm-default"
     if (made / "posttrain.json").is_file():
         return str(made)
     folder = HERE / "results" / "rm-2-steps"
     if not (folder / "posttrain.json").is_file():
-        from posttrain.config import RewardConfig, load_config
-        from posttrain.stages.reward import run_reward
-
-        run_reward(load_config(RewardConfig, None, {"model": model, "data": str(REPO / "data_samples/preferences.jsonl"),
-                                                     "output": str(folder), "max_steps": 2, "train.eval_split": 0.05}))
+        subprocess.run([sys.executable, "-m", "posttrain.cli", "rm", "--model", model, "--data",
+                        str(REPO / "data_samples/preferences.jsonl"), "--output", str(folder), "--max-steps", "2",
+                        "--train.eval_split", "0.05"], check=True, env=env)
     return str(folder)
+
+
+def cpu_description() -> dict:
+    from posttrain.models import cpu_has_fast_bf16
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").is_file() else "unknown"
+    return {"model": model, "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(),
+            "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA", "none")}
 
 
 def main() -> None:
@@ -111,11 +129,15 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--impls", default="posttrain,trl-full,trl-peft")
+    parser.add_argument("--cpu", choices=["native", "avx2"], default="native",
+                        help="avx2: limit oneDNN/ATen to AVX2 in every worker, as on a CPU without bf16 units")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "ours":
         return ours_worker(args)
+    if args.cpu == "avx2":
+        os.environ.update(AVX2_ENV)  # before anything reads it: this process's cpu_has_fast_bf16, and every worker
 
     from posttrain.data import load_prompts
     from posttrain.models import resolve_model
@@ -126,7 +148,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp())
     (scratch / "prompts.json").write_text(json.dumps(prompts))
     (scratch / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in prompts) + "\n")
-    reward_model = args.reward_model or default_reward_model(args.model)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    reward_model = args.reward_model or default_reward_model(args.model, env)
     trl_python = ensure_trl_venv() if any(i.startswith("trl") for i in args.impls.split(",")) else None
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--minibatches", str(args.minibatches),
               "--epochs", str(args.epochs), "--response-length", str(args.response_length), "--lora-r", str(args.lora_r),
@@ -139,7 +162,6 @@ def main() -> None:
         "trl-peft": [str(trl_python), str(HERE / "trl_ppo_worker.py"), "--model", model_dir, "--prompts", str(scratch / "prompts.json"),
                      "--layout", "peft", *common],
     }
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     results: dict[str, list[dict]] = {name: [] for name in args.impls.split(",")}
     for round_number in range(args.rounds):
         for name in results:
@@ -151,7 +173,7 @@ def main() -> None:
     for name, runs in results.items():
         steps = [s for r in runs for s in r["step_seconds"][1:]]  # drop each run's warm-up step
         summary[name] = {"median_step_seconds": statistics.median(steps), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-                         "runs": runs}
+                         "precision": runs[0].get("precision", ""), "runs": runs}
     print(f"\nPPO step on {args.model}: batch {args.batch_size}, {args.response_length} new tokens, "
           f"{args.epochs} epochs x {args.minibatches} minibatches, LoRA r={args.lora_r}, {args.rounds} interleaved rounds")
     print(f"{'implementation':<16}{'s/step':>10}{'peak MiB':>12}{'time ratio':>12}{'memory ratio':>14}")
@@ -161,9 +183,9 @@ def main() -> None:
         mem_ratio = ours["peak_rss_mib"] / s["peak_rss_mib"] if ours else float("nan")
         s["posttrain_time_ratio"], s["posttrain_memory_ratio"] = time_ratio, mem_ratio
         print(f"{name:<16}{s['median_step_seconds']:>10.2f}{s['peak_rss_mib']:>12.0f}{time_ratio:>12.2f}{mem_ratio:>14.2f}")
-    out = HERE / "results" / "ppo_vs_trl.json"
+    out = HERE / "results" / ("ppo_vs_trl.json" if args.cpu == "native" else f"ppo_vs_trl_{args.cpu}.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "summary": summary}, indent=2) + "\n")
+    out.write_text(json.dumps({"settings": vars(args), "cpu": cpu_description(), "summary": summary}, indent=2) + "\n")
     print(f"\nratios are posttrain / that implementation (lower is better); written to {out}")
 
 

@@ -8,14 +8,17 @@ Prints one JSON line: seconds per PPO step (one rollout batch + its PPO epochs) 
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import peak_mib  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -77,8 +80,9 @@ def main():
     timer.marks = [time.perf_counter()]
     trainer.train()
     steps = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("RESULT " + json.dumps({"impl": f"trl-1.12-{args.layout}", "step_seconds": steps, "peak_rss_mib": peak_kib / 1024}))
+    precision = "fp32 weights" + (", bf16 autocast" if config.bf16 else "")
+    print("RESULT " + json.dumps({"impl": f"trl-1.12-{args.layout}", "step_seconds": steps, "peak_rss_mib": peak_mib(),
+                                  "precision": precision}))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,8 @@ class DPOConfig:
 
 @dataclass
 class RolloutSection:
-    batch_size: int = doc(8, "Prompts sampled per step (per process); each gets group_size responses.")
+    batch_size: int = doc(8, "Responses sampled per step (per process): batch_size / group_size prompts, group_size "
+                             "responses to each, so every algorithm spends the same budget a step.")
     group_size: int = doc(0, "Responses sampled per prompt; 0 picks the algorithm's default (ppo and reinforce_pp 1, "
                              "grpo and rloo 4). Group baselines (grpo, rloo) need at least 2.")
     max_new_tokens: int = doc(48, "Longest response in tokens.")
@@ -221,6 +222,8 @@ class EvalConfig:
     baseline: str = doc("", "The checkpoint or model to compare against (optional).")
     prompts: str = doc("", "Prompt file for generation (rows with 'prompt').")
     reward_model: str = doc("", "Reward-model checkpoint that judges responses.")
+    reward_fn: str = doc("", "Reward function(s) that also judge responses (module:function or file.py:function, "
+                             "comma-separated, called as in rlhf): each model's mean score, and the win-rate.")
     data: str = doc("", "Preference pairs: also report pairwise accuracy of the model (implicit reward) or reward model.")
     output: str = doc("", "Folder for the evaluation report (default: next to the model).")
     max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).")

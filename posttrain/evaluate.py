@@ -26,6 +26,7 @@ import torch
 from posttrain.config import ConfigError, EvalConfig, require, to_dict
 from posttrain.data import encode_response, load_preferences, load_prompts, render_prompt
 from posttrain.models import is_adapter_folder, read_metadata, write_metadata
+from posttrain.rewards import load_reward_function
 
 SHOWN_SAMPLES = 8  # side-by-side rows in the report page
 
@@ -167,8 +168,10 @@ def prompt_text(prompt) -> str:
 
 
 def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, reward_model: str = "",
-                 temperature: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per prompt: {"prompt", <label>: response, <label>_tokens, <label>_reward (with a reward model)}."""
+                 temperature: float = 0.0, seed: int = 0, reward_functions: list | None = None,
+                 prompt_rows: list[dict] | None = None) -> list[dict[str, Any]]:
+    """One row per prompt: {"prompt", <label>: response, <label>_tokens, <label>_reward (with a reward model),
+    <label>_<function> (with reward functions, called with the prompt rows' other columns)}."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for label, name in models.items():
         texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed)
@@ -181,6 +184,14 @@ def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, rew
         for label in models:
             for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows])):
                 row[f"{label}_reward"] = score
+    prompt_rows = prompt_rows or [{"prompt": p} for p in prompts]
+    columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"} if prompt_rows else {}
+    for fn in reward_functions or []:
+        for label in models:
+            texts = [row[label] for row in rows]
+            completions = [[{"role": "assistant", "content": t}] for t in texts] if prompts and isinstance(prompts[0], list) else texts
+            for row, score in zip(rows, fn(prompts, completions, [[] for _ in texts], columns, 0, 0)):
+                row[f"{label}_{fn.name}"] = score
     return rows
 
 
@@ -219,8 +230,12 @@ def run_eval(config: EvalConfig) -> Path:
                           "with a policy as --model, or give only --data to measure its accuracy.")
     if config.baseline and not config.prompts:
         raise ConfigError("--baseline is compared on generated responses: give --prompts too.")
-    # 1. read the data before any model loads
-    prompts = [r["prompt"] for r in load_prompts(config.prompts).rows][:config.max_prompts] if config.prompts else []
+    # 1. read the data (and import the reward functions) before any model loads
+    prompt_rows = load_prompts(config.prompts).rows[:config.max_prompts] if config.prompts else []
+    prompts = [r["prompt"] for r in prompt_rows]
+    functions = [load_reward_function(spec) for spec in config.reward_fn.split(",") if spec.strip()]
+    for fn in functions:
+        fn.check_columns(set().union(*(r.keys() for r in prompt_rows)) if prompt_rows else set(), config.prompts)
     pairs = load_preferences(config.data).rows[:config.max_prompts] if config.data else []
     output = Path(config.output) if config.output else default_output(config.model)
     summary: dict[str, Any] = {"model": config.model, "baseline": config.baseline or None}
@@ -230,14 +245,19 @@ def run_eval(config: EvalConfig) -> Path:
     # 2. generate and judge: reward, win-rate, length
     if prompts:
         models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
-        rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed)
+        rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed,
+                            functions, prompt_rows)
         summary["prompts"] = len(prompts)
         for label in labels:
             summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])
             if config.reward_model:
                 summary[f"{label}_mean_reward"] = mean([r[f"{label}_reward"] for r in rows])
+            for fn in functions:
+                summary[f"{label}_mean_{fn.name}"] = mean([r[f"{label}_{fn.name}"] for r in rows])
         if config.reward_model and config.baseline:
             summary["win_rate"] = win_rate([r["model_reward"] for r in rows], [r["baseline_reward"] for r in rows])
+        for fn in functions if config.baseline else []:
+            summary[f"win_rate_{fn.name}"] = win_rate([r[f"model_{fn.name}"] for r in rows], [r[f"baseline_{fn.name}"] for r in rows])
 
     # 3. pairwise preference accuracy: of the reward model, and of the policy by its implicit reward
     if pairs:

@@ -66,7 +66,12 @@ def default_device() -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): about 2x its fp32 rate."""
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): about 2x its fp32 rate.
+
+    No, too, where ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN below AVX512-BF16 (then its bf16 products are emulated)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and not any(isa in limit for isa in ("BF16", "AMX", "ALL")):
+        return False
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:  # not Linux: assume no

@@ -32,14 +32,15 @@ KINDS = {
     "sft": Kind("adapter", {"model": _MODEL, "data": (), "eval_data": ()}, ("data",)),
     "rm": Kind("reward_model", {"model": _MODEL, "data": ()}, ("data",)),
     "dpo": Kind("adapter", {"model": _MODEL, "data": ()}, ("data",)),
-    "rlhf": Kind("adapter", {"model": _MODEL, "reward_model": ("reward_model",), "prompts": ()}, ("reward_model", "prompts")),
+    "rlhf": Kind("adapter", {"model": _MODEL, "reward_model": ("reward_model",), "prompts": (), "eval_prompts": ()}, ("prompts",)),
     "merge": Kind("model", {"model": ("adapter",)}, ("model",)),
     "eval": Kind("report", {"model": (*_MODEL, "reward_model"), "baseline": _MODEL, "reward_model": ("reward_model",),
                             "prompts": (), "data": ()}, ("model",)),
 }
 PRODUCTS = {"adapter": "an adapter", "reward_model": "a reward model", "model": "a standalone model", "report": "a report"}
 DATA_LOADERS = {"sft.data": "load_sft", "sft.eval_data": "load_sft", "rm.data": "load_preferences", "dpo.data": "load_preferences",
-                "rlhf.prompts": "load_prompts", "eval.prompts": "load_prompts", "eval.data": "load_preferences"}
+                "rlhf.prompts": "load_prompts", "rlhf.eval_prompts": "load_prompts", "eval.prompts": "load_prompts",
+                "eval.data": "load_preferences"}
 
 
 @dataclass

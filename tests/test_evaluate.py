@@ -145,3 +145,19 @@ def test_eval_reports_a_reward_models_accuracy(tmp_path, tiny_rm):
 def test_eval_refuses_an_incomplete_request(values, message):
     with pytest.raises(ConfigError, match=message):
         run_eval(load_config(EvalConfig, None, values))
+
+
+def test_eval_judges_with_a_reward_function_and_the_prompt_rows_columns(tmp_path, tiny_model_dir):
+    """--reward-fn scores both models' responses (the held-out accuracy on a verifiable task) with the rows'
+    own columns, next to a win-rate; here a function that checks a column against the row."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Count {n}", "answer": n}) + "\n" for n in range(4)))
+    fn = tmp_path / "judge.py"
+    fn.write_text("def judge(prompts, completions, answer, **kw):\n"
+                  "    return [float(p == f'Count {a}') + 0.5 * (a % 2) for p, a in zip(prompts, answer)]\n")
+    out = run_eval(load_config(EvalConfig, None, {"model": str(tiny_model_dir), "baseline": str(tiny_model_dir),
+                                                  "prompts": str(prompts), "reward_fn": f"{fn}:judge", "max_new_tokens": 3,
+                                                  "output": str(tmp_path / "e")}))
+    summary = json.loads((out / "metrics.json").read_text())["final"]
+    assert summary["model_mean_judge"] == pytest.approx(1.25) and summary["baseline_mean_judge"] == pytest.approx(1.25)
+    assert summary["win_rate_judge"] == 0.5  # the same model: every prompt a tie

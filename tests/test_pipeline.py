@@ -259,7 +259,7 @@ def test_tiny_sft_rm_ppo_merge_eval_pipeline(tmp_path, tiny_model_dir, calls):
     evaluation = json.loads((out / "eval" / "metrics.json").read_text())["final"]
     assert 0.0 <= evaluation["win_rate"] <= 1.0 and evaluation["prompts"] == 3
     report = (out / "report.md").read_text()
-    assert "![ppo](ppo/ppo.png)" in report and "| prompt | base | sft | merge |" in report and "[reward " in report
+    assert "![rl](ppo/rl.png)" in report and "| prompt | base | sft | merge |" in report and "[reward " in report
     # the report's reward column comes from the rm stage; a rerun skips everything, samples included
     calls.clear()
     pipeline_main([str(path)])

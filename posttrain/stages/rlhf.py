@@ -67,6 +67,11 @@ class Plan:
     kl_in_loss: bool
     responses: int
 
+    @property
+    def prompts(self) -> int:
+        """Prompts per process and step: the same number of responses whatever the algorithm (the same budget)."""
+        return self.responses // self.group_size
+
 
 def check_config(config: RLHFConfig) -> Plan:
     require(config, "prompts", "output")
@@ -87,10 +92,13 @@ def check_config(config: RLHFConfig) -> Plan:
     if algo.estimator in ("grpo", "rloo") and group < 2:
         raise ConfigError(f"--algo {config.algo} compares responses to the same prompt: --rollout.group_size must be at "
                           f"least 2 (it is {group}).")
-    responses = rollout.batch_size * group
-    if rollout.batch_size < 1 or ppo.minibatch_size < 1 or responses % ppo.minibatch_size:
-        raise ConfigError(f"--rollout.batch_size x --rollout.group_size ({rollout.batch_size} x {group} = {responses} "
-                          f"responses) must be a positive multiple of --ppo.minibatch_size ({ppo.minibatch_size}).")
+    responses = rollout.batch_size
+    if responses < 1 or responses % group:
+        raise ConfigError(f"--rollout.batch_size ({responses} responses a step) must be a positive multiple of "
+                          f"--rollout.group_size ({group} responses to each prompt).")
+    if ppo.minibatch_size < 1 or responses % ppo.minibatch_size:
+        raise ConfigError(f"--rollout.batch_size ({responses} responses a step) must be a positive multiple of "
+                          f"--ppo.minibatch_size ({ppo.minibatch_size}).")
     if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
         raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in
@@ -184,7 +192,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         log(f"resumed from {found[-1]} at step {run.step}")
     guard = Guard(collective, output, checkpoint_dirs)
     base_path = resolve_model(roles.base_name)
-    log(f"{config.algo}: {config.rollout.batch_size} prompts x {plan.group_size} responses per process and step, "
+    log(f"{config.algo}: {plan.prompts} prompts x {plan.group_size} responses per process and step, "
         f"{world} process(es); KL in the {'loss' if plan.kl_in_loss else 'reward'}; rewards: {', '.join(sources.names)}")
 
     progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
@@ -192,9 +200,9 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     for step in progress:
         started, guard.step = time.time(), step
         # 1. rollout: this process's share of the step's prompts, group_size responses to each
-        indices = prompt_indices(len(prompts), run.cursor, config.rollout.batch_size * world, config.ppo.seed)
-        run.cursor += config.rollout.batch_size * world
-        mine = [prompts[i] for i in indices[rank * config.rollout.batch_size:(rank + 1) * config.rollout.batch_size]]
+        indices = prompt_indices(len(prompts), run.cursor, plan.prompts * world, config.ppo.seed)
+        run.cursor += plan.prompts * world
+        mine = [prompts[i] for i in indices[rank * plan.prompts:(rank + 1) * plan.prompts]]
         rollout, prompts_cut = collect_rollouts(roles, mine, config, plan.group_size)
         timings = {"rollout_seconds": time.time() - started}
         # 2. score: rewards, old and reference log-probs, values (the first minibatch's training forward included)

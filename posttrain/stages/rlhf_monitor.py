@@ -106,7 +106,7 @@ def evaluate_heldout(roles, sources: RewardSources, rows: list[dict], config, st
     mine = rows[rank::world]
     sums = {f"eval_{name}": 0.0 for name in sources.names} | {"eval_reward": 0.0, "eval_response_length": 0.0,
                                                                "eval_hit_length_limit": 0.0}
-    for start in range(0, len(mine), config.rollout.batch_size):
+    for start in range(0, len(mine), config.rollout.batch_size):  # as many rows a pass as a rollout has
         chunk = mine[start:start + config.rollout.batch_size]
         query, mask, _ = encode_prompts(roles.tokenizer, [r["prompt"] for r in chunk], config.rollout.max_prompt_length, roles.device)
         response, _ = roles.rollout(query, mask, config.rollout.max_new_tokens, temperature=0.0)

@@ -48,7 +48,7 @@ def on_step(roles, record):
 settings = {"model": model, "reward_model": reward_model, "prompts": prompts, "output": output, "rollout.batch_size": 2,
             "rollout.max_new_tokens": 5, "ppo.minibatch_size": 1, "ppo.steps": 2, "ppo.lr": 1e-3, "lora.r": 4}
 if mode == "grpo":
-    settings.update({"algo": "grpo", "rollout.group_size": 3, "ppo.minibatch_size": 3})
+    settings.update({"algo": "grpo", "rollout.batch_size": 6, "rollout.group_size": 3, "ppo.minibatch_size": 3})
 error = None
 try:
     run_rlhf(load_config(RLHFConfig, None, settings), on_step=on_step)

@@ -75,7 +75,7 @@ def test_critic_free_algorithms_build_no_critic_and_keep_groups_together(tiny_mo
 
     group = 1 if algo == "reinforce_pp" else 3
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, sums_file, tmp_path / algo, algo=algo, **{
-        "rollout.batch_size": 2, "rollout.group_size": group, "ppo.minibatch_size": 2 if group == 1 else 3,
+        "rollout.batch_size": 2 * group, "rollout.group_size": group, "ppo.minibatch_size": 2 if group == 1 else 3,
         "rollout.penalise_no_eos": False}), on_step=on_step)  # every tiny-model response runs to the limit: -1 for all
     for has_critic, value_head, critic_params, _, record in seen:
         assert (has_critic, value_head, critic_params) == (False, None, [])
@@ -150,7 +150,7 @@ def test_a_reward_function_that_fails_mid_run_stops_with_its_prompt_and_response
 
     path = write_reward_file(tmp_path, body)
     config = ppo_config(tiny_model_dir, "", sums_file, tmp_path / "out", reward_fn=f"{path}:reward", algo="grpo",
-                        **{"rollout.batch_size": 8, "rollout.group_size": 2, "ppo.minibatch_size": 4})
+                        **{"rollout.batch_size": 16, "rollout.group_size": 2, "ppo.minibatch_size": 4})
     with pytest.raises(RewardFunctionError, match=expected) as raised:
         run_rlhf(config)
     if "answer" in body:  # the function fails on one row only: the message names it
@@ -194,7 +194,7 @@ def test_grpo_resumes_exactly_after_a_kill(tiny_model_dir, sums_file, tmp_path):
     from posttrain.stages.rlhf import run_rlhf
 
     settings = {"algo": "grpo", "reward_fn": "posttrain.rewards:answer_format", "ppo.steps": 4, "ppo.save_steps": 2,
-                "ppo.epochs": 2, "rollout.batch_size": 2, "rollout.group_size": 2, "ppo.minibatch_size": 2}
+                "ppo.epochs": 2, "rollout.batch_size": 4, "rollout.group_size": 2, "ppo.minibatch_size": 2}
     run_rlhf(ppo_config(tiny_model_dir, "", sums_file, tmp_path / "straight", **settings))
     run_rlhf(ppo_config(tiny_model_dir, "", sums_file, tmp_path / "killed", **settings), halt_after_step=3)
     run_rlhf(ppo_config(tiny_model_dir, "", sums_file, tmp_path / "killed", **settings, resume=True))

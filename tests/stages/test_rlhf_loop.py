@@ -185,9 +185,12 @@ def test_settings_the_rl_stage_refuses(tiny_model_dir, tiny_rm, prompts_file, tm
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "a", **{"rollout.top_p": 0.9}))
     with pytest.raises(ConfigError, match="group_size must be at least 2"):
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "b", algo="grpo", **{"rollout.group_size": 1}))
+    with pytest.raises(ConfigError, match="multiple of --rollout.group_size"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "c", algo="rloo",
+                            **{"rollout.batch_size": 6, "rollout.group_size": 4}))
     with pytest.raises(ConfigError, match="minibatch_size"):
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "c", algo="rloo",
-                            **{"rollout.batch_size": 3, "rollout.group_size": 2, "ppo.minibatch_size": 4}))
+                            **{"rollout.batch_size": 6, "rollout.group_size": 2, "ppo.minibatch_size": 4}))
     with pytest.raises(ConfigError, match="missing a reward"):
         run_rlhf(ppo_config(tiny_model_dir, "", prompts_file, tmp_path / "d"))
 
