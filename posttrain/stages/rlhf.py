@@ -126,17 +126,19 @@ class RunState:
     cursor: int = 0
     history: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    start_eval: dict | None = None  # the held-out evaluation of the starting policy (step 0)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "cursor": self.cursor, "kl_controller": self.kl_ctl.state_dict(),
                 "reward_moments": self.moments.state_dict(), "stops": self.stops.state_dict(),
-                "history": self.history, "samples": self.samples}
+                "history": self.history, "samples": self.samples, "start_eval": self.start_eval}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.moments.load_state_dict(state["reward_moments"])
         self.stops.load_state_dict(state.get("stops", {}))
         self.step, self.cursor, self.history, self.samples = state["step"], state["cursor"], state["history"], state["samples"]
+        self.start_eval = state.get("start_eval")
 
 
 def new_run_state(config: RLHFConfig) -> RunState:
@@ -195,6 +197,12 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     log(f"{config.algo}: {plan.prompts} prompts x {plan.group_size} responses per process and step, "
         f"{world} process(es); KL in the {'loss' if plan.kl_in_loss else 'reward'}; rewards: {', '.join(sources.names)}")
 
+    if heldout.rows and not config.resume:  # the starting point of the held-out curve, and the first "best"
+        run.start_eval = {"step": 0, **evaluate_heldout(roles, sources, heldout.rows, config, -1, collective)}
+        if run.stops.observe_eval(run.start_eval) and accelerator.is_main_process:
+            save_best(output, config, roles, base_path, run.start_eval)
+        log(f"held-out reward of the starting policy: {run.start_eval['eval_reward']:.3f} on {len(heldout.rows)} prompts")
+
     progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
     for step in progress:
@@ -245,7 +253,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
 
     if accelerator.is_main_process:
         best = run.stops.state_dict() if heldout.rows and math.isfinite(run.stops.best) else None
-        write_final(output, config, roles, base_path, run.history, run.samples, run.stops.reason, best)
+        write_final(output, config, roles, base_path, run.history, run.samples, run.stops.reason, best, run.start_eval)
     accelerator.wait_for_everyone()
     return output
 

@@ -44,7 +44,7 @@ def save_best(output: Path, config: RLHFConfig, roles, base_path: str, record: d
 
 
 def write_final(output: Path, config: RLHFConfig, roles, base_path: str, history: list[dict], samples: list[dict],
-                stop_reason: str = "", best: dict | None = None) -> None:
+                stop_reason: str = "", best: dict | None = None, start_eval: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     first, last = history[0], history[-1]
@@ -58,9 +58,10 @@ def write_final(output: Path, config: RLHFConfig, roles, base_path: str, history
         "hit_length_limit_last": last["hit_length_limit"], "beta_last": last["beta"],
         "seconds_per_step": sum(h["step_seconds"] for h in history) / len(history),
     }
-    evals = [h for h in history if "eval_reward" in h]
+    evals = ([start_eval] if start_eval else []) + [h for h in history if "eval_reward" in h]
     if evals:
-        final.update(eval_reward_first=evals[0]["eval_reward"], eval_reward_last=evals[-1]["eval_reward"])
+        final.update(eval_reward_start=evals[0]["eval_reward"], eval_reward_last=evals[-1]["eval_reward"])
+    curves = ([start_eval] if start_eval else []) + history  # the held-out curve starts at step 0
     if best:
         final.update(best_step=best["best_step"], best_eval_reward=best["best"])
     if stop_reason:
@@ -75,7 +76,7 @@ def write_final(output: Path, config: RLHFConfig, roles, base_path: str, history
                       str(folder / "critic" / "value_head.safetensors"))
         roles.tokenizer.save_pretrained(folder)
         write_metrics(folder, final, history, samples=samples)
-        plots = [plot_curves(folder / "rl.png", history, [
+        plots = [plot_curves(folder / "rl.png", curves, [
             ("reward (training; held-out greedy)", ["reward_mean", "eval_reward"]),
             ("reward by source", [f"reward/{s}" for s in sources] if len(sources) > 1 else []),
             ("KL to reference (nats/response)", ["kl"]),

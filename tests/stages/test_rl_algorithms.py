@@ -173,9 +173,9 @@ def test_held_out_evaluation_keeps_the_best_policy_and_an_early_stop_ends_the_ru
     assert all("eval_reward" in r and "eval_reward_model" in r for r in records)
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert "KL to the reference" in final["stopped_early"]
-    best = read_metadata(out / "best")
-    assert is_adapter_folder(out / "best") and best["best_step"] in (1, 2)
-    assert best["eval_reward"] == max(r["eval_reward"] for r in records)
+    best = read_metadata(out / "best")  # the starting policy (step 0) is evaluated too
+    assert is_adapter_folder(out / "best") and best["best_step"] in (0, 1, 2)
+    assert best["eval_reward"] == max([final["eval_reward_start"]] + [r["eval_reward"] for r in records])
 
 
 def test_stops_count_evaluations_below_the_best():

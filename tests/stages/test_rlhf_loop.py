@@ -254,3 +254,27 @@ def test_stop_tokens_come_from_the_chat_template(real_tokenizer_dir, template):
     assert tokenizer.eos_token_id in stops
     others = {t for t, _ in CHAT_TEMPLATES.values()} - {end}
     assert not {tokenizer.convert_tokens_to_ids(t) for t in others} & set(stops)
+
+
+def test_training_log_probs_come_from_fp32_logits_with_a_bf16_base(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """With the base in bf16, the vocabulary projection still runs in fp32 (bf16 logits move in steps of up to
+    0.125 at typical sizes): the stage's log-probs equal an fp32 projection of the same hidden states, and not the
+    bf16-rounded one."""
+    from posttrain.generation import encode_prompts
+    from posttrain.rl import logprobs_from_logits
+    from posttrain.stages.rlhf_roles import POLICY, load_roles
+
+    roles = load_roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="bf16"),
+                       torch.device("cpu"), critic=True)
+    ids, _, _ = encode_prompts(roles.tokenizer, ["Name a fruit, please, and say why you like it."], 64, torch.device("cpu"))
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        (hidden,) = roles.hidden([POLICY], ids, attn)
+        hidden = hidden * 40  # logits of the size a trained model has (the tiny random model's are near 0)
+        ours = roles.logprobs(POLICY, hidden, ids, 3, 1.0)
+        weight = roles.model.get_base_model().get_output_embeddings().weight
+        fp32 = logprobs_from_logits(torch.nn.functional.linear(hidden[:, 2:-1].float(), weight.float()), ids[:, 3:])
+        bf16 = logprobs_from_logits(torch.nn.functional.linear(hidden[:, 2:-1], weight).float(), ids[:, 3:])
+    assert roles.model.get_base_model().dtype == torch.bfloat16
+    torch.testing.assert_close(ours, fp32, rtol=0, atol=1e-4)
+    assert (ours - bf16).abs().max() > 1e-3
