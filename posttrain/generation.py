@@ -50,11 +50,12 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one token per row from softmax(logits / temperature), nucleus-filtered to ``top_p``.
 
     Args:
         logits: (batch, vocab), float32.
+        uniform: (batch,) float64 numbers in [0, 1) to draw with; None draws them from torch's generator.
     Returns:
         (batch,) long. ``temperature`` 0 takes the argmax.
 
@@ -69,7 +70,9 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> 
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before a token already reaches top_p
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
     cdf = probs.double().cumsum(-1)
-    draw = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(len(probs), dtype=torch.float64, device=probs.device)
+    draw = uniform.to(device=probs.device, dtype=torch.float64)[:, None] * cdf[:, -1:]
     # side="right": the first entry whose cumulative mass exceeds the draw, so zero-probability tokens never win
     return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
@@ -77,14 +80,16 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> 
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,
-           with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+           with_logprobs: bool = False, uniforms: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample responses for left-padded queries; returns (batch, response_len) ids, padded after each stop.
 
     ``temperature`` 0 decodes greedily. Responses shorter than the longest are padded with pad_token_id.
     A plain KV-cache loop over the transformer body: the vocabulary projection runs on each row's last
     position only, and the loop ends when every row has produced a stop token. ``with_logprobs`` also returns
     (batch, response_len) log-probs of the drawn tokens under softmax(logits / temperature) of the weights that
-    drew them (0 after a row's stop), which PPO compares with its training forward's.
+    drew them (0 after a row's stop), which PPO compares with its training forward's. ``uniforms``
+    (batch, max_new_tokens) are the numbers each row draws its tokens with (see :func:`next_token`), so a row's
+    sample does not depend on which other rows share its batch.
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -94,13 +99,13 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     mask, ids, positions, cache = query_mask, query, position_ids(query_mask), None
     finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
     tokens, logprobs = [], []
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         out = body(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         logits = head(out.last_hidden_state[:, -1].contiguous()).float()
-        token = next_token(logits, temperature, top_p)
+        token = next_token(logits, temperature, top_p, None if uniforms is None else uniforms[:, t])
         if with_logprobs:
-            drawn = torch.log_softmax(logits / temperature, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+            drawn = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1).gather(-1, token[:, None]).squeeze(-1)
             logprobs.append(drawn.masked_fill(finished, 0.0))
         token = token.masked_fill(finished, tokenizer.pad_token_id)
         tokens.append(token)

@@ -7,7 +7,7 @@ References:
     https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -69,9 +69,9 @@ def compute_gae(
     return GAE(advantages=advantages, returns=returns)
 
 
-def whiten_advantages(advantages: Tensor, response_mask: Tensor) -> Tensor:
+def whiten_advantages(advantages: Tensor, response_mask: Tensor, moments=None) -> Tensor:
     """Advantages normalised to mean 0, std 1 over the response tokens (N details, "advantage
-    whitening"); masked tokens are 0.
+    whitening"); masked tokens are 0. ``moments``: see `masked_whiten` (the whole batch's, across processes).
 
     Args:
         advantages: (batch, response_len).
@@ -80,7 +80,7 @@ def whiten_advantages(advantages: Tensor, response_mask: Tensor) -> Tensor:
     Returns:
         (batch, response_len).
     """
-    return masked_whiten(advantages, response_mask, shift_mean=True)
+    return masked_whiten(advantages, response_mask, shift_mean=True, moments=moments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +169,8 @@ class AdvantageInputs(NamedTuple):
     values:   critic values, or None for the critic-free estimators.
     mask:     response mask, bool.
     group_size, gamma, lam, whiten, scale_rewards: the estimators' settings.
+    moments:  (x, mask) -> (mean, unbiased var) over the whole batch, when it is spread over processes (None: this
+              batch's own); used by the batch-wide normalisations (GAE and RLOO whitening, REINFORCE++).
     """
 
     rewards: Tensor
@@ -179,6 +181,7 @@ class AdvantageInputs(NamedTuple):
     lam: float = 0.95
     whiten: bool = True
     scale_rewards: bool = True
+    moments: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 def _broadcast(sequence_advantages: Tensor, mask: Tensor) -> Tensor:
@@ -188,7 +191,7 @@ def _broadcast(sequence_advantages: Tensor, mask: Tensor) -> Tensor:
 def _gae(x: AdvantageInputs) -> GAE:
     """PPO: GAE from the critic's values, whitened over the batch."""
     out = compute_gae(x.values, x.rewards, x.mask, x.gamma, x.lam)
-    return GAE(whiten_advantages(out.advantages, x.mask) if x.whiten else out.advantages, out.returns)
+    return GAE(whiten_advantages(out.advantages, x.mask, x.moments) if x.whiten else out.advantages, out.returns)
 
 
 def _grpo(x: AdvantageInputs) -> GAE:
@@ -201,7 +204,7 @@ def _rloo(x: AdvantageInputs) -> GAE:
     """RLOO: the sequence reward minus the leave-one-out mean of its group, the same at every token."""
     advantages = _broadcast(leave_one_out_advantages(x.rewards.sum(1), x.group_size), x.mask)
     if x.whiten:
-        advantages = whiten_advantages(advantages, x.mask)
+        advantages = whiten_advantages(advantages, x.mask, x.moments)
     return GAE(advantages, advantages)
 
 
@@ -212,7 +215,7 @@ def _reinforce_pp(x: AdvantageInputs) -> GAE:
     https://arxiv.org/abs/2501.03262, section 3 (token-level KL penalty, global advantage normalisation).
     """
     returns = discounted_returns(x.rewards, x.mask, x.gamma)
-    return GAE(whiten_advantages(returns, x.mask), returns)
+    return GAE(whiten_advantages(returns, x.mask, x.moments), returns)
 
 
 ADVANTAGE_ESTIMATORS = {"gae": _gae, "grpo": _grpo, "rloo": _rloo, "reinforce_pp": _reinforce_pp}

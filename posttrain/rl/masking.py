@@ -123,7 +123,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, moments=None) -> Tensor:
     """Normalise the masked entries of `x` to mean 0 and (unbiased) std 1.
 
     With shift_mean=False the mean is added back, so only the scale changes; this is how
@@ -135,13 +135,14 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
         mask: (batch, seq_len) bool.
         shift_mean: subtract the masked mean.
         eps: added to the variance before the square root.
+        moments: a function (x, mask) -> (mean, unbiased var) to use instead of this batch's own, e.g. the
+            moments over every process's batch; None uses `masked_mean` and `masked_var` of `x`.
 
     Returns:
         (batch, seq_len).
     """
     mask = mask.bool()
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean, var = moments(x, mask) if moments is not None else (masked_mean(x, mask), masked_var(x, mask, unbiased=True))
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -5,7 +5,8 @@ with PPO" (Huang et al.); the critic-free algorithms replace the critic's GAE wi
 responses to the same prompt (GRPO, RLOO) or from the batch (REINFORCE++): see posttrain.rl.advantages. Every
 algorithm updates the policy with PPO-clip epochs. Every role lives on one copy of the base weights
 (rlhf_roles.py). Runs under ``accelerate launch``: each process samples its own prompts (a prompt's group stays
-on one process), and gradients are averaged across processes.
+on one process), the trained module is prepared by accelerate (DDP averages the gradients), and batch-wide
+statistics (advantage whitening, reward normalisation, metrics) are taken over every process's rows.
 
 One step, as the loop below reads:
     1. rollout     sample group_size responses to each of this process's prompts       (collect_rollouts)
@@ -173,15 +174,18 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     prompts, heldout = held_out_prompts(config, table.rows)
     if accelerator is None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # buffers (rotary tables) are the same everywhere: no broadcast at every forward
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     rank, world = accelerator.process_index, accelerator.num_processes
     collective = Collective(accelerator)
     torch.manual_seed(config.ppo.seed)  # every process builds identical fresh adapters
     roles = load_roles(config, accelerator.device, critic=plan.algo.critic)
     torch.manual_seed(config.ppo.seed + rank)  # and samples its own rollouts
     sources = reward_sources(config, roles, functions)
-    optim = Optimisation(roles, config, updates_per_step(config, plan.responses), accelerator.device)
+    optim = Optimisation(roles, config, updates_per_step(config, plan.responses), accelerator)
     run = new_run_state(config)
     if config.resume:
         found = checkpoint_dirs(output)
@@ -211,17 +215,17 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         indices = prompt_indices(len(prompts), run.cursor, plan.prompts * world, config.ppo.seed)
         run.cursor += plan.prompts * world
         mine = [prompts[i] for i in indices[rank * plan.prompts:(rank + 1) * plan.prompts]]
-        rollout, prompts_cut = collect_rollouts(roles, mine, config, plan.group_size)
+        rollout, prompts_cut = collect_rollouts(roles, mine, config, plan.group_size, step, rank, world)
         timings = {"rollout_seconds": time.time() - started}
         # 2. score: rewards, old and reference log-probs, values (the first minibatch's training forward included)
-        first = score(rollout, roles, sources, config, run.moments, collective, guard, step)
+        first = score(rollout, roles, optim, sources, config, run.moments, collective, guard, step)
         guard.check_finite(torch.stack([rollout.raw_scores, rollout.scores]), "the reward scores")  # raw: before a penalty hides it
         # 3-4. KL-penalised per-token rewards and advantages by the algorithm's estimator
         beta = run.kl_ctl.value
-        advantages(rollout, config, plan.algo.estimator, plan.kl_in_loss, beta)
+        advantages(rollout, config, plan.algo.estimator, plan.kl_in_loss, beta, collective.masked_moments)
         timings["score_seconds"] = time.time() - started - timings["rollout_seconds"]
         # 5. PPO-clip epochs
-        stats = update(rollout, first, roles, optim, config, plan.kl_in_loss, beta, collective, guard)
+        stats = update(rollout, first, optim, config, plan.kl_in_loss, beta, collective, guard)
         del first
         timings["optimise_seconds"] = time.time() - started - sum(timings.values())
         # 6. metrics, held-out evaluation, early stops, checkpoint

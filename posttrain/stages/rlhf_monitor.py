@@ -46,16 +46,21 @@ class Collective:
         local = torch.tensor([float(flag)], device=self.device)
         return [bool(v) for v in self.gather(local).tolist()]
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average gradients across processes (one flat all-reduce)."""
+    def masked_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, unbiased variance) of the masked entries of ``x`` over every process's batch: the whitening
+        statistics of the whole batch, so that 2 processes of 4 rows normalise as 1 process of 8 does."""
+        mask = mask.bool()
         if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]).to(self.device), reduction="mean")
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
+            from posttrain.rl import masked_mean, masked_var
+
+            return masked_mean(x, mask), masked_var(x, mask, unbiased=True)
+        x = x.float()
+        local = torch.stack([torch.where(mask, x, 0).sum(), mask.sum().float()]).to(self.device)
+        total, count = (self.accelerator.reduce(local, reduction="sum")).to(x.device).unbind()
+        mean = total / count.clamp(min=1)
+        spread = self.accelerator.reduce(torch.where(mask, (x - mean) ** 2, 0).sum().reshape(1).to(self.device),
+                                         reduction="sum").to(x.device)[0]
+        return mean, spread / (count - 1).clamp(min=1)
 
     def objects(self, obj: Any) -> list[Any]:
         """``obj`` of every process (picklable), in rank order."""

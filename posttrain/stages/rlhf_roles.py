@@ -193,13 +193,14 @@ class Roles(nn.Module):
 
     # -- the role forwards -------------------------------------------------------------------------
 
-    def rollout(self, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
-                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def rollout(self, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
+                uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled responses (batch, response_len) of the policy and the log-probs of their tokens under the
-        weights that drew them; see posttrain.generation.sample."""
+        weights that drew them; see posttrain.generation.sample (``uniforms``: each row's draws)."""
         self._set_attention(self._attention)  # the same kernel every step, so a resumed run samples alike
         with self._merged_policy(), self._autocast():
-            return sample(self.model, self.tokenizer, query, query_mask, max_new_tokens, temperature, with_logprobs=True)
+            return sample(self.model, self.tokenizer, query, query_mask, max_new_tokens, temperature, with_logprobs=True,
+                          uniforms=uniforms)
 
     def _autocast(self):
         if self.dtype != torch.bfloat16:

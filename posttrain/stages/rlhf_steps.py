@@ -6,6 +6,7 @@ posttrain.rl. The loop itself, and the algorithm table that sets which estimator
 from __future__ import annotations
 
 import math
+import contextlib
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -43,14 +44,27 @@ class Forward(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def collect_rollouts(roles, rows: list[dict], config: RLHFConfig, group_size: int) -> tuple[Rollout, int]:
+def sampling_uniforms(seed: int, step: int, rows: int, world: int, rank: int, max_new_tokens: int) -> torch.Tensor:
+    """The numbers this process's responses draw their tokens with, (rows, max_new_tokens) float64.
+
+    Drawn for the whole step's rows of every process from a generator of (seed, step) alone, and cut to this
+    process's share: a response's tokens depend on its place in the global batch, not on the process count or
+    on what ran before (a resumed run, or 1 process instead of 2, samples the same)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    every = torch.rand(rows * world, max_new_tokens, generator=generator, dtype=torch.float64)
+    return every[rank * rows:(rank + 1) * rows]
+
+
+def collect_rollouts(roles, rows: list[dict], config: RLHFConfig, group_size: int, step: int = 0, rank: int = 0,
+                     world: int = 1) -> tuple[Rollout, int]:
     """Sample ``group_size`` responses to each prompt row (a group in consecutive rows); returns the rollout and
     how many prompts were cut to max_prompt_length."""
     rollout = config.rollout
     rows = [row for row in rows for _ in range(group_size)]
     query, query_mask, cut_prompts = encode_prompts(roles.tokenizer, [r["prompt"] for r in rows], rollout.max_prompt_length,
                                                     roles.device)
-    response, sampled = roles.rollout(query, query_mask, rollout.max_new_tokens, rollout.temperature)
+    uniforms = sampling_uniforms(config.ppo.seed, step, len(rows), world, rank, rollout.max_new_tokens)
+    response, sampled = roles.rollout(query, query_mask, rollout.max_new_tokens, rollout.temperature, uniforms)
     cut = truncate_after_stop(response, roles.stop_ids, roles.tokenizer.pad_token_id)
     return Rollout(query, query_mask, cut.ids, cut.mask, cut.lengths, cut.has_stop, sampled.masked_fill(~cut.mask, 0.0),
                    rows, group_size), cut_prompts // group_size
@@ -61,18 +75,22 @@ def collect_rollouts(roles, rows: list[dict], config: RLHFConfig, group_size: in
 # ---------------------------------------------------------------------------------------------
 
 
-def score(rollout: Rollout, roles, sources: RewardSources, config: RLHFConfig, moments, collective, guard, step: int) -> Forward:
+def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFConfig, moments, collective, guard,
+          step: int) -> Forward:
     """Rewards from every source, and old log-probs, reference log-probs and values of every response.
 
     The first epoch's minibatch order is fixed here, and every old log-prob and value comes from the same training
     forward, on the same minibatch view, that the first epoch runs: before the first optimizer step, old and new
     log-probs agree to the bit (the PPO ratio is exactly 1). The first minibatch's pass keeps its graph and is
-    returned: ``update`` trains on it instead of running it twice.
+    returned: ``update`` trains on it instead of running it twice (it runs through the trained module, as
+    ``update``'s own passes do, and so is the one pass of its optimizer step that syncs gradients only when it is
+    the step's last). The other passes need no gradient and run on the roles directly.
     """
     temperature, ppo = config.rollout.temperature, config.ppo
     rollout.order = torch.randperm(len(rollout))
     views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, ppo.minibatch_size)]
-    first = Forward(*roles(views[0], temperature, entropy_grad=ppo.entropy_coef != 0))
+    with optim.syncing(last=min(ppo.grad_accum, len(views)) == 1):
+        first = Forward(*optim.model(views[0], temperature, entropy_grad=ppo.entropy_coef != 0))
     with torch.no_grad():
         old, ref = (torch.zeros(rollout.mask.shape, device=rollout.mask.device) for _ in range(2))
         values = torch.zeros_like(old) if roles.has_critic else None
@@ -111,14 +129,15 @@ def score(rollout: Rollout, roles, sources: RewardSources, config: RLHFConfig, m
 
 
 @torch.no_grad()
-def advantages(rollout: Rollout, config: RLHFConfig, estimator: str, kl_in_loss: bool, beta: float) -> None:
+def advantages(rollout: Rollout, config: RLHFConfig, estimator: str, kl_in_loss: bool, beta: float, moments=None) -> None:
     """Per-token KL to the reference, per-token rewards (the score at the last token, minus beta * KL at every
     token when the KL is in the reward) and the estimator's advantages (and the critic's returns, for GAE)."""
     ppo, mask = config.ppo, rollout.mask
     rollout.kl = kl_penalty(rollout.old_logprobs, rollout.ref_logprobs, ppo.kl_estimator).masked_fill(~mask, 0)
     rollout.rewards = per_token_rewards(rollout.scores, rollout.kl, 0.0 if kl_in_loss else beta, mask).rewards
     out = estimate_advantages(estimator, AdvantageInputs(rollout.rewards, rollout.values, mask, rollout.group_size,
-                                                         ppo.gamma, ppo.lam, ppo.whiten_advantages, ppo.scale_rewards))
+                                                         ppo.gamma, ppo.lam, ppo.whiten_advantages, ppo.scale_rewards,
+                                                         moments))
     rollout.advantages, rollout.returns = out.advantages, out.returns
 
 
@@ -152,23 +171,32 @@ def minibatch_losses(out: Forward, mb, config: RLHFConfig, kl_in_loss: bool, bet
 
 
 class Optimisation:
-    """AdamW over the policy and (for PPO) the critic, a linear LR decay, and steps that clip each role on its own."""
+    """The trained module and AdamW over the policy and (for PPO) the critic, both prepared by accelerate (under
+    several processes, DDP averages the gradients), a linear LR decay, and steps that clip each role on its own."""
 
-    def __init__(self, roles, config: RLHFConfig, updates_per_step: int, device: torch.device):
+    def __init__(self, roles, config: RLHFConfig, updates_per_step: int, accelerator):
         ppo = config.ppo
+        self.accelerator = accelerator
         self.groups = roles.parameter_groups()
         self.max_grad_norm = ppo.max_grad_norm
-        self.optimizer = torch.optim.AdamW([{"params": params} for params in self.groups.values()], lr=ppo.lr, eps=1e-5,
-                                           weight_decay=ppo.weight_decay, fused=device.type in ("cpu", "cuda"))
+        optimizer = torch.optim.AdamW([{"params": params} for params in self.groups.values()], lr=ppo.lr, eps=1e-5,
+                                      weight_decay=ppo.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
+        self.model, self.optimizer = accelerator.prepare(roles, optimizer)
         total = max(1, ppo.steps * updates_per_step)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: max(0.0, 1.0 - update / total))
 
-    def step(self, collective) -> dict[str, float]:
-        """Average gradients across processes, clip each role's, step, advance the schedule; the gradient norms."""
-        norms = {}
-        for name, params in self.groups.items():
-            collective.average_gradients(params)
-            norms[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+    def syncing(self, last: bool):
+        """The context for a training forward: gradients are averaged across processes only in the backward of the
+        last minibatch of an optimizer step (DDP reads this when the forward runs)."""
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self) -> dict[str, float]:
+        """Clip each role's gradients, step, advance the schedule; returns the gradient norms before clipping."""
+        norms = {f"grad_norm_{name}": float(self.accelerator.clip_grad_norm_(params, self.max_grad_norm))
+                 for name, params in self.groups.items()}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -182,7 +210,7 @@ class Optimisation:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def update(rollout: Rollout, first: Forward, roles, optim: Optimisation, config: RLHFConfig, kl_in_loss: bool, beta: float,
+def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFConfig, kl_in_loss: bool, beta: float,
            collective, guard) -> dict[str, float]:
     """PPO-clip epochs over minibatches of the rollout; returns the mean of each statistic.
 
@@ -204,16 +232,17 @@ def update(rollout: Rollout, first: Forward, roles, optim: Optimisation, config:
                 # 5a. epoch 1's first minibatch already ran its training forward in `score`, on these same weights
                 # (that pass gave its rows' old log-probs): train on its graph instead of a second forward
                 reuse = epoch == 0 and start == 0 and i == 0
-                out = first if reuse else Forward(*roles(mb, temperature, entropy_grad=ppo.entropy_coef != 0))
+                with optim.syncing(last=i == len(chunk) - 1):
+                    out = first if reuse else Forward(*optim.model(mb, temperature, entropy_grad=ppo.entropy_coef != 0))
                 losses = minibatch_losses(out, mb, config, kl_in_loss, beta)
                 guard.check_finite(losses.total, "the loss")
-                (losses.total / len(chunk)).backward()  # the mean over the optimizer step's minibatches
+                optim.backward(losses.total / len(chunk))  # the mean over the optimizer step's minibatches
                 del out
                 for key, value in losses.stats.items():
                     stats[key].append(float(value.detach()))
                     if not updated and key in ("ratio", "clip_frac", "approx_kl"):
                         stats[f"{key}_before_update"].append(float(value.detach()))
-            for key, value in optim.step(collective).items():
+            for key, value in optim.step().items():
                 stats[key].append(value)
             updated, steps = True, steps + 1
         epoch_kl = collective.mean({"kl": sum(stats["approx_kl"][-len(batches):]) / len(batches)})["kl"]

@@ -88,7 +88,7 @@ class StandInAccelerator:
 
     def reduce(self, tensor, reduction="mean"):
         self.seen.append(("reduce", tensor.device, tensor.dtype))
-        return tensor.clone()
+        return tensor * self.num_processes if reduction == "sum" else tensor.clone()
 
     def gather(self, tensor):
         self.seen.append(("gather", tensor.device, tensor.dtype))
@@ -96,6 +96,20 @@ class StandInAccelerator:
 
     def wait_for_everyone(self):
         pass
+
+    def prepare(self, *objects):  # a stand-in has no engine to wrap with: what a single process would get
+        return objects
+
+    def backward(self, loss):
+        loss.backward()
+
+    def no_sync(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def test_collectives_put_their_tensors_on_the_accelerators_device():
@@ -111,17 +125,17 @@ def test_collectives_put_their_tensors_on_the_accelerators_device():
     assert collective.mean({"a": 1.0, "b": 3.0}) == {"a": 1.0, "b": 3.0}
     assert collective.flags(True) == [True, True]
     collective.gather(torch.ones(3))  # a CPU tensor from the caller is moved first
-    layer = torch.nn.Linear(3, 2).to(device)
-    layer(torch.ones(4, 3, device=device)).sum().backward()
-    collective.average_gradients(list(layer.parameters()))
+    mean, var = collective.masked_moments(torch.arange(4.0).view(2, 2), torch.tensor([[True, True], [True, False]]))
+    # the masked 0, 1, 2 on each of the two processes: mean 1, unbiased variance (1 + 0 + 1) * 2 / (6 - 1)
+    assert mean.item() == pytest.approx(1.0) and var.item() == pytest.approx(0.8)
     assert {kind for kind, _, _ in accelerator.seen} == {"reduce", "gather"}
     assert all(d.type == "lazy" for _, d, _ in accelerator.seen), accelerator.seen
 
 
 def test_the_stage_hands_every_collective_to_the_accelerator(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     """The whole stage under a 2-process stand-in: every collective (metrics, NaN agreement, reward normalisation,
-    gradient averaging) goes through the accelerator, with tensors on its device and of a dtype every backend
-    reduces (no float64)."""
+    whitening statistics) goes through the accelerator, with tensors on its device and of a dtype every backend
+    reduces (no float64). (Gradients are averaged by the engine accelerate wraps the module in.)"""
     from posttrain.stages.rlhf import run_rlhf
 
     accelerator = StandInAccelerator(torch.device("cpu"))
@@ -207,7 +221,7 @@ def test_policy_and_critic_are_clipped_separately_and_not_decayed():
     roles = SimpleNamespace(parameter_groups=lambda: {"policy": [policy], "critic": [critic]})
     config = RLHFConfig()
     config.ppo.max_grad_norm = 1.0
-    optim = Optimisation(roles, config, 1, torch.device("cpu"))
+    optim = Optimisation(roles, config, 1, StandInAccelerator(torch.device("cpu")))
     assert all(group["weight_decay"] == 0.0 for group in optim.optimizer.param_groups)
     policy.grad, critic.grad = torch.full((4,), 0.25), torch.full((4,), 500.0)  # norms 0.5 and 1000
     seen = {}
@@ -218,7 +232,7 @@ def test_policy_and_critic_are_clipped_separately_and_not_decayed():
         original()
 
     optim.optimizer.step = step
-    norms = optim.step(SimpleNamespace(average_gradients=lambda params: None))
+    norms = optim.step()
     assert norms == {"grad_norm_policy": pytest.approx(0.5), "grad_norm_critic": pytest.approx(1000.0)}
     assert seen["policy"] == pytest.approx(0.5) and seen["critic"] == pytest.approx(1.0, rel=1e-4)
 
