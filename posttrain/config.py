@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,13 +22,58 @@ class ConfigError(ValueError):
     """A bad configuration key or value; the message says where and how to fix it."""
 
 
-def doc(default: Any, text: str, **kwargs) -> Any:
-    """A dataclass field with a default and a one-line description."""
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting accepts: ``low``/``high`` bounds (open or closed) and ``special`` values
+    allowed outside them (``-1`` meaning "not set"). Checked when the config is parsed; --help prints it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple = ()
+
+    def __contains__(self, value: float) -> bool:
+        if value in self.special:
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {low}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {high}"
+        else:
+            text = "a finite number"
+        return text + "".join(f", or {_number(v)}" for v in self.special)
+
+
+def _number(value: float | None) -> str:
+    return str(value) if isinstance(value, int) or value is None else f"{value:g}"
+
+
+AT_LEAST_1 = Range(1)  # sizes and counts
+NON_NEGATIVE = Range(0)  # coefficients, and counts where 0 switches a feature off
+POSITIVE = Range(0, low_open=True)  # rates, temperatures, scales
+SHARE = Range(0, 1)  # fractions
+SEED = Range(0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit
+
+
+def doc(default: Any, text: str, valid: Range | None = None, **kwargs) -> Any:
+    """A dataclass field with a default, a one-line description and, for numbers, the range it accepts."""
+    metadata = {"doc": text, **({"range": valid} if valid is not None else {})}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": text}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return field(default_factory=default, metadata={"doc": text}, **kwargs)
-    return field(default=default, metadata={"doc": text}, **kwargs)
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,31 +83,31 @@ def doc(default: Any, text: str, **kwargs) -> Any:
 
 @dataclass
 class LoraSection:
-    r: int = doc(16, "LoRA rank.")
-    alpha: int = doc(32, "LoRA scaling numerator (the update is scaled by alpha / r).")
-    dropout: float = doc(0.05, "Dropout on the LoRA input.")
+    r: int = doc(16, "LoRA rank.", valid=AT_LEAST_1)
+    alpha: int = doc(32, "LoRA scaling numerator (the update is scaled by alpha / r).", valid=POSITIVE)
+    dropout: float = doc(0.05, "Dropout on the LoRA input.", valid=Range(0, 1, high_open=True))
     target_modules: str = doc("all-linear", "Modules that get adapters: 'all-linear' or a comma list, e.g. 'q_proj,v_proj'.")
 
 
 @dataclass
 class TrainSection:
-    lr: float = doc(2e-4, "Peak learning rate (AdamW).")
-    epochs: float = doc(1.0, "Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = doc(-1, "Stop after this many optimizer steps; -1 means use epochs.")
-    batch_size: int = doc(4, "Examples per device per forward pass.")
-    grad_accum: int = doc(1, "Forward passes accumulated per optimizer step.")
-    max_length: int = doc(512, "Longest tokenised example; longer rows are truncated and counted.")
-    warmup_ratio: float = doc(0.03, "Share of steps spent warming the learning rate up.")
+    lr: float = doc(2e-4, "Peak learning rate (AdamW).", valid=POSITIVE)
+    epochs: float = doc(1.0, "Passes over the training data (ignored when max_steps > 0).", valid=POSITIVE)
+    max_steps: int = doc(-1, "Stop after this many optimizer steps; -1 means use epochs.", valid=Range(1, special=(-1,)))
+    batch_size: int = doc(4, "Examples per device per forward pass.", valid=AT_LEAST_1)
+    grad_accum: int = doc(1, "Forward passes accumulated per optimizer step.", valid=AT_LEAST_1)
+    max_length: int = doc(512, "Longest tokenised example; longer rows are truncated and counted.", valid=AT_LEAST_1)
+    warmup_ratio: float = doc(0.03, "Share of steps spent warming the learning rate up.", valid=SHARE)
     scheduler: str = doc("cosine", "Learning-rate schedule (any transformers scheduler name).")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm.")
-    seed: int = doc(42, "Random seed for data order, dropout and initialisation.")
-    logging_steps: int = doc(5, "Log metrics every N optimizer steps.")
-    save_steps: int = doc(0, "Save a resumable checkpoint every N steps; 0 saves none mid-run.")
-    eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).")
-    eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).")
+    weight_decay: float = doc(0.0, "AdamW weight decay.", valid=NON_NEGATIVE)
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm (0: no clipping).", valid=NON_NEGATIVE)
+    seed: int = doc(42, "Random seed for data order, dropout and initialisation.", valid=SEED)
+    logging_steps: int = doc(5, "Log metrics every N optimizer steps.", valid=AT_LEAST_1)
+    save_steps: int = doc(0, "Save a resumable checkpoint every N steps; 0 saves none mid-run.", valid=NON_NEGATIVE)
+    eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).", valid=Range(0, 1, high_open=True))
+    eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).", valid=NON_NEGATIVE)
     gradient_checkpointing: str = doc("auto", "'auto' (on with a GPU, off on CPU where it costs several times the speed), 'true' or 'false'.")
-    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +148,8 @@ class ScoreConfig:
     model: str = doc("", "A reward-model checkpoint folder (from `posttrain rm`).")
     data: str = doc("", "Rows to score (prompt/completion or messages), or preference pairs for accuracy.")
     output: str = doc("", "Where to write the scored rows (.jsonl); default: <data>.scored.jsonl.")
-    batch_size: int = doc(8, "Rows per forward pass.")
-    max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.")
+    batch_size: int = doc(8, "Rows per forward pass.", valid=AT_LEAST_1)
+    max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -112,50 +158,50 @@ class DPOConfig:
     data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
     output: str = doc("", "Checkpoint folder to write.")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
-    beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.")
+    beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
-    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).")
+    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
     train: TrainSection = _train(lr=5e-5, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
 
 
 @dataclass
 class RolloutSection:
-    batch_size: int = doc(8, "Prompts sampled per PPO step (per process).")
-    max_new_tokens: int = doc(48, "Longest response in tokens.")
-    max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.")
-    temperature: float = doc(0.7, "Sampling temperature for rollouts.")
-    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 disables).")
-    no_eos_penalty: float = doc(-1.0, "Score given to responses that never end (set to 0 to disable: no penalty).")
+    batch_size: int = doc(8, "Prompts sampled per PPO step (per process).", valid=AT_LEAST_1)
+    max_new_tokens: int = doc(48, "Longest response in tokens.", valid=AT_LEAST_1)
+    max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.", valid=AT_LEAST_1)
+    temperature: float = doc(0.7, "Sampling temperature for rollouts.", valid=POSITIVE)
+    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 disables).", valid=Range(0, 1, low_open=True))
+    no_eos_penalty: float = doc(-1.0, "Score given to responses that never end (set to 0 to disable: no penalty).", valid=Range())
     penalise_no_eos: bool = doc(True, "Replace the score of responses that hit max_new_tokens without stopping.")
 
 
 @dataclass
 class PPOSection:
-    steps: int = doc(40, "PPO steps (each: rollout, score, advantages, optimisation epochs).")
-    lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.")
-    epochs: int = doc(2, "Optimisation passes over each rollout batch.")
-    minibatch_size: int = doc(4, "Rollouts per optimizer minibatch.")
-    grad_accum: int = doc(1, "Minibatches accumulated per optimizer step.")
-    clip_eps: float = doc(0.2, "PPO ratio clip range.")
-    value_clip_eps: float = doc(0.2, "Clip range for the value-function update.")
-    vf_coef: float = doc(0.1, "Weight of the value loss.")
-    entropy_coef: float = doc(0.0, "Weight of the entropy bonus.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm.")
-    target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).")
-    gamma: float = doc(1.0, "Discount for GAE.")
-    lam: float = doc(0.95, "GAE lambda.")
+    steps: int = doc(40, "PPO steps (each: rollout, score, advantages, optimisation epochs).", valid=AT_LEAST_1)
+    lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.", valid=POSITIVE)
+    epochs: int = doc(2, "Optimisation passes over each rollout batch.", valid=AT_LEAST_1)
+    minibatch_size: int = doc(4, "Rollouts per optimizer minibatch.", valid=AT_LEAST_1)
+    grad_accum: int = doc(1, "Minibatches accumulated per optimizer step.", valid=AT_LEAST_1)
+    clip_eps: float = doc(0.2, "PPO ratio clip range.", valid=POSITIVE)
+    value_clip_eps: float = doc(0.2, "Clip range for the value-function update.", valid=POSITIVE)
+    vf_coef: float = doc(0.1, "Weight of the value loss.", valid=NON_NEGATIVE)
+    entropy_coef: float = doc(0.0, "Weight of the entropy bonus.", valid=NON_NEGATIVE)
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm.", valid=POSITIVE)
+    target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).", valid=NON_NEGATIVE)
+    gamma: float = doc(1.0, "Discount for GAE.", valid=SHARE)
+    lam: float = doc(0.95, "GAE lambda.", valid=SHARE)
     whiten_advantages: bool = doc(True, "Normalise advantages per batch.")
-    kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.")
+    kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.", valid=NON_NEGATIVE)
     kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator.")
     adaptive_kl: bool = doc(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
-    target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.")
+    target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.", valid=POSITIVE)
     kl_horizon: int = doc(100, "Rollouts over which the adaptive beta moves: each step changes it by at most "
-                               "0.2 x rollouts/horizon. Ziegler et al. used 10000 with batches of 512; 100 suits batches of 8.")
+                               "0.2 x rollouts/horizon. Ziegler et al. used 10000 with batches of 512; 100 suits batches of 8.", valid=AT_LEAST_1)
     normalize_rewards: bool = doc(False, "Normalise scores with running mean/std before the KL penalty.")
-    reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).")
-    save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).")
-    seed: int = doc(42, "Random seed for prompt order, sampling and initialisation.")
+    reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).", valid=NON_NEGATIVE)
+    save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).", valid=NON_NEGATIVE)
+    seed: int = doc(42, "Random seed for prompt order, sampling and initialisation.", valid=SEED)
 
 
 @dataclass
@@ -181,10 +227,10 @@ class EvalConfig:
     reward_model: str = doc("", "Reward-model checkpoint that judges responses.")
     data: str = doc("", "Preference pairs: also report pairwise accuracy of the model (implicit reward) or reward model.")
     output: str = doc("", "Folder for the evaluation report (default: next to the model).")
-    max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).")
-    max_new_tokens: int = doc(64, "Longest response in tokens.")
-    temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).")
-    seed: int = doc(0, "Random seed.")
+    max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).", valid=AT_LEAST_1)
+    max_new_tokens: int = doc(64, "Longest response in tokens.", valid=AT_LEAST_1)
+    temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).", valid=NON_NEGATIVE)
+    seed: int = doc(0, "Random seed.", valid=SEED)
 
 
 STAGE_ALIASES = {
@@ -219,6 +265,18 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
     return rows
 
 
+def field_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
+    """The :class:`Range` of every number field that has one, by dotted name."""
+    ranges = {}
+    hints = _resolved_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            ranges.update(field_ranges(hints[f.name], f"{prefix}{f.name}."))
+        elif "range" in f.metadata:
+            ranges[prefix + f.name] = f.metadata["range"]
+    return ranges
+
+
 def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -230,6 +288,9 @@ def _nearest(key: str, options: list[str]) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    if value is None and not optional:
+        raise ConfigError(f"{where}: has no value; give one (or leave the key out for its default).")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -249,8 +310,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}.")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected {'a number' if tp is float else 'a whole number'}, got {value!r}.")
         try:
             number = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
         except ValueError:
@@ -264,6 +325,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a single value, got {value!r}.")
         return str(value)
+    return value
+
+
+def _checked(value: Any, section: Any, name: str, where: str) -> Any:
+    """``value`` when it lies in the field's range (see :class:`Range`); else an error naming the range."""
+    valid = next(f for f in dataclasses.fields(section) if f.name == name).metadata.get("range")
+    if valid is not None and isinstance(value, (int, float)) and value not in valid:
+        raise ConfigError(f"{where}: {value!r} is out of range; it must be {valid}.")
     return value
 
 
@@ -284,7 +353,7 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
                 for sub_key, sub_value in value.items():
                     _apply(obj, f"{key}.{sub_key}", sub_value, where)
             else:
-                setattr(target, part, _coerce(value, hints[part], f"{where}: {key}"))
+                setattr(target, part, _checked(_coerce(value, hints[part], f"{where}: {key}"), target, part, f"{where}: {key}"))
         else:
             if not dataclasses.is_dataclass(hints[part]):
                 raise ConfigError(f"{where}: '{'.'.join(parts[:depth + 1])}' has no sub-keys.")
@@ -292,8 +361,12 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
 
 
 def _yaml_items(path: Path) -> list[tuple[str, Any, int]]:
-    """Top-level (key, value, line) items of a YAML mapping, with the line each key is on."""
-    text = path.read_text()
+    """(dotted key, value, line) of every setting in a YAML mapping, each with the line its own key is on:
+    ``lora:`` then ``  r: 8`` gives ``("lora.r", 8, 2)``."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8); a config file is YAML text.") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -303,8 +376,29 @@ def _yaml_items(path: Path) -> list[tuple[str, Any, int]]:
         return []
     if not isinstance(data, dict) or node is None or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    return [(key, value, lines.get(key, 0)) for key, value in data.items()]
+    items: list[tuple[str, Any, int]] = []
+
+    def walk(mapping: dict, mapping_node: yaml.MappingNode, prefix: str) -> None:
+        seen: dict[str, int] = {}
+        for key_node, value_node in mapping_node.value:
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{path}, line {line}: '{prefix}{key}' is given twice (first on line {seen[key]}); keep one.")
+            seen[key] = line
+            value = mapping.get(key_node.value) if key in mapping else mapping.get(_scalar(key_node))
+            if isinstance(value, dict) and value and isinstance(value_node, yaml.MappingNode):
+                items.append((f"{prefix}{key}", {}, line))  # the section itself: an unknown one is reported on its own line
+                walk(value, value_node, f"{prefix}{key}.")
+            else:
+                items.append((f"{prefix}{key}", value, line))
+
+    walk(data, node, "")
+    return items
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A key as safe_load reads it (``1`` is an int, ``true`` a bool), to find its value in the loaded mapping."""
+    return yaml.safe_load(yaml.serialize(node))
 
 
 def apply_mapping(config: Any, mapping: dict[str, Any], where: str, lines: dict[str, int] | None = None) -> Any:
@@ -322,9 +416,12 @@ def load_config(cls: type, config_file: str | Path | None = None, overrides: dic
     if config_file:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist.")
-        items = _yaml_items(path)
-        apply_mapping(config, {k: v for k, v, _ in items}, str(path), {k: line for k, _, line in items})
+            raise ConfigError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                              "--config takes a YAML file.")
+        for key, value, line in _yaml_items(path):
+            head = key.split(".")[0]
+            name = STAGE_ALIASES.get(key, key) if not hasattr(config, head) else key
+            _apply(config, name, value, f"{path}, line {line}")
     for key, value in (overrides or {}).items():
         name = key.replace("-", "_")
         if "." not in name and not hasattr(config, name):

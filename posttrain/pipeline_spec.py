@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from posttrain.config import ConfigError, apply_mapping, doc, field_docs
+from posttrain.config import AT_LEAST_1, NON_NEGATIVE, ConfigError, apply_mapping, doc, field_docs
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 TOP_KEYS = ("output", "model", "stages", "report")
@@ -45,8 +45,8 @@ DATA_LOADERS = {"sft.data": "load_sft", "sft.eval_data": "load_sft", "rm.data": 
 @dataclass
 class ReportSection:
     prompts: str = doc("", "Prompt file for the side-by-side samples of the base, SFT and final models (empty: none).")
-    samples: int = doc(6, "How many prompts each model answers in the report.")
-    max_new_tokens: int = doc(64, "Longest sampled response in tokens (greedy decoding).")
+    samples: int = doc(6, "How many prompts each model answers in the report.", valid=NON_NEGATIVE)
+    max_new_tokens: int = doc(64, "Longest sampled response in tokens (greedy decoding).", valid=AT_LEAST_1)
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """What every training stage shares: trainer settings for the machine at hand, loading a model to
-train, resuming, and writing the finished checkpoint atomically."""
+train, the output folder's lock, resuming (only from a complete checkpoint, only with the saved run's
+settings), and writing the finished checkpoint atomically."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -14,7 +17,10 @@ from tqdm.auto import tqdm
 
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
+    CHECKPOINTS,
+    LOCK_FILE,
     METADATA_FILE,
+    SCRATCH,
     adapter_base,
     adapter_tokenizer,
     count_parameters,
@@ -26,10 +32,25 @@ from posttrain.models import (
     load_tokenizer,
     lora_config,
     match_vocab,
+    read_lock,
     write_metadata,
 )
 
-CHECKPOINTS = "checkpoints"  # resumable trainer states live here, under the output folder
+INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
+# settings a resumed run may change: they decide what is logged and saved, not what is trained
+FREE_ON_RESUME = {"resume", "output", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
+
+
+def kill_point(where: str) -> None:
+    """For tests only: kill this process with SIGKILL, as a preemption or the OOM killer would, when
+    ``$POSTTRAIN_TEST_KILL_AT`` names ``where``. Points: ``step-N`` (a TRL stage, after optimizer step N) and
+    ``checkpoint-N`` (inside the write of checkpoint N, before the file that completes it)."""
+    if os.environ.get(KILL_AT) == where:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StageError(RuntimeError):
@@ -92,16 +113,120 @@ def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, **e
     return cls(**shared, **extra)
 
 
-def resume_point(output: Path, resume: bool) -> str | None:
-    """The newest resumable checkpoint when ``resume`` is asked for; an error when there is none."""
-    if not resume:
-        return None
-    folder = output / CHECKPOINTS
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
-    if not found:
-        raise StageError(f"--resume: no checkpoint under {folder}. Run without --resume, or set train.save_steps so runs save checkpoints.")
-    log(f"resuming from {found[-1]}")
-    return str(found[-1])
+# ---------------------------------------------------------------------------------------------
+# The output folder: one writer at a time, checkpoints of one run
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def output_lock(output: Path, command: str = "") -> Iterator[None]:
+    """Hold ``output`` for this process while a stage writes it.
+
+    Fails at once, before any model loads, when the folder cannot be created or written, or when another
+    running posttrain process holds it. The lock is ``posttrain.lock`` with this process's id and ``command``
+    (the command line, so a refused unfinished folder can say how to resume it), under an advisory ``flock``
+    that the kernel releases when the holder dies: a lock file left by a killed run is taken over, with a message.
+    """
+    import fcntl
+    import socket
+    from datetime import datetime, timezone
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        lock = output / LOCK_FILE
+        while True:
+            handle = open(lock, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                holder = read_lock(output) or {}
+                raise StageError(f"{output} is being written by another posttrain run (process {holder.get('pid', '?')}"
+                                 f"{': ' + holder['command'] if holder.get('command') else ''}). Wait for it to finish, "
+                                 "or choose another --output.") from None
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # else the holder removed the file as we opened it: take the lock on a fresh one
+            handle.close()
+        handle.seek(0)
+        stale = handle.read().strip()
+        if stale:
+            left = read_lock(output) or {}
+            log(f"taking over {lock}: the run that held it (process {left.get('pid', '?')}) is no longer running")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        handle.flush()
+    except OSError as err:
+        raise StageError(f"cannot write to the output folder {output} ({err.strerror or err}). Choose a folder you can "
+                         "write with --output.") from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: a waiting process then takes a fresh file (see above)
+        handle.close()
+
+
+def checkpoint_folders(output: Path) -> list[Path]:
+    """The checkpoint folders under ``output``, whatever their state (not temporary or set-aside ones)."""
+    root = output / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", INCOMPLETE)))
+
+
+def check_checkpoints(output: Path, resume: bool) -> None:
+    """``--resume`` needs a checkpoint; a fresh start must not mix its checkpoints with an earlier run's."""
+    found = checkpoint_folders(output)
+    if resume and not found:
+        raise StageError(f"--resume: no checkpoint under {output / CHECKPOINTS}. Run without --resume to start, and set "
+                         "save_steps so the run saves checkpoints to resume from.")
+    if not resume and found:
+        status = "a finished run" if (output / METADATA_FILE).is_file() else "a run that did not finish"
+        raise StageError(f"{output / CHECKPOINTS} holds the checkpoints of {status} ({', '.join(p.name for p in found)}). "
+                         f"Continue it with --resume, or start fresh: choose another --output, or remove {output / CHECKPOINTS} first.")
+
+
+def process_count() -> int:
+    """Processes in this run (``accelerate launch`` sets WORLD_SIZE), known before any of them starts a model."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the resolved config (a ``to_dict``), the
+    content hash of each data file, and the process count (it sets the batch each step sees)."""
+    from posttrain.lineage import hash_path
+
+    settings = _flat(config)
+    for key in ("data", "eval_data", "prompts"):
+        if settings.get(key) and Path(settings[key]).exists():
+            settings[f"{key} (content sha256)"] = hash_path(settings[key])
+    settings["processes"] = processes
+    return settings
+
+
+def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` when the settings differ from the saved run's (both from :func:`run_settings`),
+    naming each differing key and how to start fresh. Keys only one side records (a setting added to posttrain
+    since) and :data:`FREE_ON_RESUME` are not compared."""
+    changed = [f"  {key}: saved {saved[key]!r}, now {current[key]!r}"
+               for key in sorted(saved.keys() & current.keys() - FREE_ON_RESUME) if saved[key] != current[key]]
+    if changed:
+        output = checkpoint.parent.parent
+        raise StageError(f"--resume: {checkpoint} belongs to a run with other settings, and a resumed run must keep them to "
+                         "end as that run would have. Differing:\n" + "\n".join(changed) + "\nResume with the saved "
+                         f"settings, or start fresh with these: run without --resume, with another --output or after "
+                         f"removing {output / CHECKPOINTS}.")
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default", seed: int | None = None):
@@ -151,10 +276,10 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
     never leaves a folder that looks finished.
     """
     output.mkdir(parents=True, exist_ok=True)
-    scratch = output / ".writing"
+    (output / METADATA_FILE).unlink(missing_ok=True)  # first: from here on the folder is not a finished run
+    scratch = output / SCRATCH
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    (output / METADATA_FILE).unlink(missing_ok=True)
     try:
         yield scratch
         items = sorted(scratch.iterdir(), key=lambda p: p.name == METADATA_FILE)
@@ -163,6 +288,11 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            raise StageError(f"the disk is full: writing the final files of {output} failed ({err.strerror}). Its "
+                             f"checkpoints are intact; free some space and run again with --resume.") from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
