@@ -76,8 +76,9 @@ INVOCATION: ContextVar[str] = ContextVar("invocation", default="")  # the comman
 
 def _stage(module: str, name: str) -> Callable[[], Callable[[Any], Any]]:
     """A training stage, run holding its output folder: a folder that cannot be written, one another running
-    posttrain process holds, ``--resume`` with no checkpoint, or a fresh start over an earlier run's checkpoints
-    fail at once, before the stage reads data or loads a model. Pipelines run stages through here too."""
+    posttrain process holds, ``--resume`` with no checkpoint or with settings other than the saved run's, and a
+    fresh start over an earlier run's checkpoints fail at once, before the stage reads data or loads a model.
+    Pipelines run stages through here too."""
 
     def load():
         run = _lazy(module, name)()
@@ -85,13 +86,13 @@ def _stage(module: str, name: str) -> Callable[[], Callable[[Any], Any]]:
         def locked(config):
             from pathlib import Path
 
-            from posttrain.stages.common import check_checkpoints, output_lock
+            from posttrain.stages.common import check_start, output_lock
 
             output = Path(config.output) if config.output else None
             if output is None or int(os.environ.get("RANK", "0")) != 0:
                 return run(config)  # the stage names a missing --output; the processes of one launch share rank 0's lock
             with output_lock(output, INVOCATION.get()):
-                check_checkpoints(output, config.resume)
+                check_start(output, config)
                 return run(config)
 
         return locked

@@ -266,8 +266,8 @@ def check_finished(path: str | Path) -> None:
         raise ModelError(f"{folder} is still being written by a posttrain run (process {(holder or {}).get('pid', '?')}"
                          f"{': ' + holder['command'] if holder and holder.get('command') else ''}); wait for it to finish.")
     command = (holder or {}).get("command", "")
-    how = (f"`{command}`" + ("" if " --resume" in command or command.startswith("posttrain pipeline") else " --resume")
-           if command else "the command that started it with --resume")
+    again = command if " --resume" in command or command.startswith("posttrain pipeline") else command + " --resume"
+    how = f"`{again}`" if command else "the command that started it again with --resume"
     raise ModelError(f"{folder} is a run that did not finish (it was stopped before writing {METADATA_FILE}, which a "
                      f"finished run writes last), so it is not a usable model. Resume it: run {how}; it continues from "
                      f"the newest complete checkpoint in {folder / CHECKPOINTS}.")

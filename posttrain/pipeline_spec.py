@@ -110,7 +110,10 @@ def load_pipeline(file: str | Path, overrides: dict[str, Any] | None = None) -> 
     file = Path(file)
     if not file.is_file():
         raise ConfigError(f"pipeline file {file} does not exist.")
-    text = file.read_text()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not a text file (byte {err.start} is not UTF-8); a pipeline file is YAML text.") from None
     try:
         node, data = yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -176,7 +179,7 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
     if not isinstance(body, dict) or "kind" not in body:
         raise ConfigError(f"{where}: a stage needs a kind ({', '.join(KINDS)}), e.g. {name}: {{kind: sft, data: FILE}}.")
     kind = body["kind"]
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         import difflib
 
         close = difflib.get_close_matches(str(kind), KINDS, n=1)
@@ -250,7 +253,14 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
 def _check_input(kind: str, key: str, value: str, place: str) -> None:
     from posttrain.models import EMBEDDED_MODELS
 
+    from posttrain.models import ModelError, check_finished
+
     path = Path(value).expanduser()
+    if key in ("model", "baseline", "reward_model") and path.is_dir():
+        try:
+            check_finished(path)  # a killed run's folder is not a model a stage can start from
+        except ModelError as err:
+            raise ConfigError(f"{place}: {key}: {err}") from None
     if key in ("model", "baseline"):
         if value in EMBEDDED_MODELS or path.exists() or (HUB_ID.match(value) and not value.startswith(".")):
             return

@@ -36,6 +36,7 @@ from posttrain.models import (
     write_metadata,
 )
 
+RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
 # settings a resumed run may change: they decide what is logged and saved, not what is trained
 FREE_ON_RESUME = {"resume", "output", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
@@ -175,16 +176,31 @@ def checkpoint_folders(output: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", INCOMPLETE)))
 
 
-def check_checkpoints(output: Path, resume: bool) -> None:
-    """``--resume`` needs a checkpoint; a fresh start must not mix its checkpoints with an earlier run's."""
+def check_start(output: Path, config: Any) -> None:
+    """Before a stage reads data or loads a model: ``--resume`` needs a checkpoint, of a run with the same settings
+    (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its checkpoints with an earlier run's."""
     found = checkpoint_folders(output)
-    if resume and not found:
+    if config.resume and not found:
         raise StageError(f"--resume: no checkpoint under {output / CHECKPOINTS}. Run without --resume to start, and set "
                          "save_steps so the run saves checkpoints to resume from.")
-    if not resume and found:
+    if not config.resume and found:
         status = "a finished run" if (output / METADATA_FILE).is_file() else "a run that did not finish"
         raise StageError(f"{output / CHECKPOINTS} holds the checkpoints of {status} ({', '.join(p.name for p in found)}). "
                          f"Continue it with --resume, or start fresh: choose another --output, or remove {output / CHECKPOINTS} first.")
+    record = output / CHECKPOINTS / RUN_SETTINGS
+    if config.resume and record.is_file():
+        check_resume_settings(json.loads(record.read_text()), run_settings(to_dict(config), process_count()), output / CHECKPOINTS)
+    elif config.resume:
+        log(f"WARNING: {record} is missing, so this resume cannot check that the settings match the saved run's")
+
+
+def save_run_settings(output: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of the run whose checkpoints are under ``output`` (atomically: a kill keeps the old file)."""
+    record = output / CHECKPOINTS / RUN_SETTINGS
+    record.parent.mkdir(parents=True, exist_ok=True)
+    scratch = record.with_name(f".{RUN_SETTINGS}.tmp")
+    scratch.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(scratch, record)
 
 
 def process_count() -> int:
@@ -206,17 +222,18 @@ def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
 
 
 def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse to resume ``checkpoint`` when the settings differ from the saved run's (both from :func:`run_settings`),
-    naming each differing key and how to start fresh. Keys only one side records (a setting added to posttrain
-    since) and :data:`FREE_ON_RESUME` are not compared."""
+    """Refuse to resume from ``checkpoint`` (a checkpoint folder, or the checkpoints/ folder of a run) when the settings
+    differ from the saved run's, naming each differing key and how to start fresh. Both sides come from
+    :func:`run_settings`. Keys only one side records (a setting added to posttrain since) and :data:`FREE_ON_RESUME`
+    are not compared."""
     changed = [f"  {key}: saved {saved[key]!r}, now {current[key]!r}"
                for key in sorted(saved.keys() & current.keys() - FREE_ON_RESUME) if saved[key] != current[key]]
     if changed:
-        output = checkpoint.parent.parent
-        raise StageError(f"--resume: {checkpoint} belongs to a run with other settings, and a resumed run must keep them to "
+        folder = checkpoint if checkpoint.name == CHECKPOINTS else checkpoint.parent
+        raise StageError(f"--resume: the run saved in {checkpoint} had other settings, and a resumed run must keep them to "
                          "end as that run would have. Differing:\n" + "\n".join(changed) + "\nResume with the saved "
                          f"settings, or start fresh with these: run without --resume, with another --output or after "
-                         f"removing {output / CHECKPOINTS}.")
+                         f"removing {folder}.")
 
 
 def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

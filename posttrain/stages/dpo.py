@@ -32,7 +32,7 @@ from posttrain.stages.common import (
     save_stage_files,
     trl_config,
 )
-from posttrain.stages.trainer_run import resume_point, train
+from posttrain.stages.trainer_run import resume_point, run_trainer
 
 # The losses trl.DPOTrainer (1.16) implements, by the names it takes; a comma list combines them (e.g. MPO).
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -236,7 +236,7 @@ def run_dpo(config: DPOConfig) -> Path:
     params = report_trainable(trainer.model)
 
     # 4. train, then a last evaluation on the held-out pairs
-    result = train(trainer, output, setup.resume_from)
+    result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
     losses = [h["loss"] for h in recorder.history if "loss" in h]
     if losses:

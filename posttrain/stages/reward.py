@@ -41,7 +41,7 @@ from posttrain.stages.common import (
     save_stage_files,
     trl_config,
 )
-from posttrain.stages.trainer_run import resume_point, train
+from posttrain.stages.trainer_run import resume_point, run_trainer
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, load_scorer_base, score_ids, sequence_rewards
 
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
@@ -264,7 +264,7 @@ def run_reward(config: RewardConfig) -> Path:
     params = report_trainable(trainer.model)
 
     # 4. train
-    result = train(trainer, output, setup.resume_from)
+    result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
     losses = [h["loss"] for h in recorder.history if "loss" in h]
     if losses:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from posttrain.models import METADATA_FILE
-from posttrain.stages.common import CHECKPOINTS, DISK_FULL, StageError, kill_point, log, run_settings
+from posttrain.stages.common import CHECKPOINTS, DISK_FULL, StageError, kill_point, log, run_settings, save_run_settings
 
 STEP_PREFIX = "step-"
 STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
@@ -179,10 +179,11 @@ def save_checkpoint(output: Path, step: int, roles, base_path: str, state: dict[
             kill_point(f"checkpoint-{step}")  # test-only: a kill in the middle of the write
             save_file({k: v.detach().cpu() for k, v in roles.value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
             tensors: dict[str, torch.Tensor] = {}
-            record = {"format": FORMAT, "state": encode_state({**state, "rng": rng_states}, tensors),
-                      "settings": run_settings(state.get("config", {}), len(rng_states))}
+            settings = run_settings(state.get("config", {}), len(rng_states))
+            record = {"format": FORMAT, "state": encode_state({**state, "rng": rng_states}, tensors), "settings": settings}
             save_file(tensors, str(tmp / STATE_TENSORS))
             (tmp / STATE_JSON).write_text(json.dumps(record))  # last: it marks the folder complete
+            save_run_settings(output, settings)  # what `--resume` compares with before any model loads
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

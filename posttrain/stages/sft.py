@@ -18,7 +18,7 @@ from posttrain.stages.common import (
     save_stage_files,
     trl_config,
 )
-from posttrain.stages.trainer_run import resume_point, train
+from posttrain.stages.trainer_run import resume_point, run_trainer
 
 
 def run_sft(config: SFTConfig) -> Path:
@@ -63,7 +63,7 @@ def run_sft(config: SFTConfig) -> Path:
     )
 
     # 4. train
-    result = train(trainer, output, resume_from)
+    result = run_trainer(trainer, output, resume_from)
     final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
              "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
     losses = [h["loss"] for h in recorder.history if "loss" in h]

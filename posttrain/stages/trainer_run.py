@@ -20,17 +20,14 @@ from posttrain.stages.common import (
     INCOMPLETE,
     KILL_AT,
     StageError,
-    check_checkpoints,
-    check_resume_settings,
+    check_start,
     checkpoint_folders,
     kill_point,
     log,
     process_count,
     run_settings,
+    save_run_settings,
 )
-
-RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
-
 
 def incomplete_reason(folder: Path) -> str | None:
     """Why a TRL ``checkpoint-N`` folder cannot be resumed from, or None when it is complete.
@@ -87,44 +84,34 @@ def resume_point(config: Any) -> str | None:
 
     ``config.resume`` takes the newest *complete* checkpoint under ``config.output``; incomplete ones newer than
     it are moved aside (renamed ``incomplete-checkpoint-N``) with a message naming them, so the trainer's own
-    checkpoint rotation never counts them. A fresh start saves the run's settings (:func:`run_settings`) under
-    checkpoints/; a resume is refused when they differ.
+    checkpoint rotation never counts them. A fresh start saves the run's settings (see common.py: run_settings)
+    under checkpoints/; a resume is refused when they differ (common.py: check_start).
     """
-    output, resume = Path(config.output), config.resume
-    settings = run_settings(to_dict(config), process_count())
-    check_checkpoints(output, resume)
-    record = output / CHECKPOINTS / RUN_SETTINGS
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    if not resume:
-        if main_process:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            scratch = record.with_name(f".{RUN_SETTINGS}.tmp")
-            scratch.write_text(json.dumps(settings, indent=2, default=str) + "\n")
-            os.replace(scratch, record)
+    output = Path(config.output)
+    check_start(output, config)  # settings compared before anything is moved
+    if not config.resume:
+        if int(os.environ.get("RANK", "0")) == 0:
+            save_run_settings(output, run_settings(to_dict(config), process_count()))
         return None
-    chosen, set_aside = None, []
+    chosen, cut_short = None, []
     for folder in sorted(checkpoint_folders(output), key=_step, reverse=True):
         reason = incomplete_reason(folder)
         if reason is None:
             chosen = folder
             break
-        set_aside.append(folder)
-        if main_process:
-            target = folder.with_name(INCOMPLETE + folder.name)
-            for number in range(2, 1000):
-                if not target.exists():
-                    break
-                target = folder.with_name(f"{INCOMPLETE}{folder.name}-{number}")
-            os.replace(folder, target)
-            log(f"{folder} is incomplete ({reason}): set aside as {target.name}")
+        cut_short.append((folder, reason))
     if chosen is None:
-        raise StageError(f"--resume: no complete checkpoint under {output / CHECKPOINTS}"
-                         f"{' (set aside: ' + ', '.join(p.name for p in set_aside) + ')' if set_aside else ''}. "
+        raise StageError(f"--resume: no complete checkpoint under {output / CHECKPOINTS} "
+                         f"({'; '.join(f'{p.name}: {why}' for p, why in cut_short)}). "
                          f"Start fresh: run without --resume after removing {output / CHECKPOINTS}.")
-    if record.is_file():
-        check_resume_settings(json.loads(record.read_text()), settings, chosen)
-    else:
-        log(f"WARNING: {record} is missing, so this resume cannot check that the settings match the saved run's")
+    for folder, reason in cut_short if int(os.environ.get("RANK", "0")) == 0 else []:
+        target = folder.with_name(INCOMPLETE + folder.name)
+        for number in range(2, 1000):
+            if not target.exists():
+                break
+            target = folder.with_name(f"{INCOMPLETE}{folder.name}-{number}")
+        os.replace(folder, target)
+        log(f"{folder} is incomplete ({reason}): set aside as {target.name}")
     log(f"resuming from {chosen}")
     return str(chosen)
 
@@ -174,7 +161,7 @@ def _kill_during_checkpoint_writes(trainer) -> None:
     trainer._save_rng_state = save_then_maybe_die
 
 
-def train(trainer, output: Path, resume_from: str | None):
+def run_trainer(trainer, output: Path, resume_from: str | None):
     """``trainer.train`` with the guards on; a full disk during a save is one message (the previous checkpoint
     is intact: the Trainer deletes old checkpoints only after a new one is written)."""
     trainer.add_callback(RunGuard(output))
