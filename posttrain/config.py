@@ -345,7 +345,8 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
             valid = [name for name, _, _ in field_docs(type(obj))]
-            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid)}")
+            section = f" {'.'.join(parts[:depth])} has {', '.join(names)}." if depth else ""
+            raise ConfigError(f"{where}: unknown key '{key}'.{section}{_nearest(key, valid)}")
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(hints[part]):
                 if not isinstance(value, dict):
@@ -366,12 +367,12 @@ def _yaml_items(path: Path) -> list[tuple[str, Any, int]]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8); a config file is YAML text.") from None
+        raise ConfigError(f"{path}: not a text file (byte {err.start + 1} is not UTF-8); a config file is YAML text.") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise yaml_error(path, err) from None
     if data is None:
         return []
     if not isinstance(data, dict) or node is None or not isinstance(node, yaml.MappingNode):
@@ -394,6 +395,15 @@ def _yaml_items(path: Path) -> list[tuple[str, Any, int]]:
 
     walk(data, node, "")
     return items
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as one line with the line it is on (PyYAML's own message spans several)."""
+    mark, context, context_mark = (getattr(err, name, None) for name in ("problem_mark", "context", "context_mark"))
+    where = f"{path}, line {mark.line + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    near = f" ({context} on line {context_mark.line + 1})" if context and context_mark else ""
+    return ConfigError(f"{where}: not valid YAML: {problem}{near}.")
 
 
 def _scalar(node: yaml.Node) -> Any:

@@ -161,7 +161,7 @@ def _messages(value: Any, source: str, where: str, name: str, formats: str) -> l
             raise DataError(source, where, f"field '{here}' must be an object with 'role' and 'content'.", formats)
         role = message["role"]
         if role not in ROLES:
-            raise DataError(source, where, f"field '{here}.role' is '{role}', an unknown role; use one of {', '.join(ROLES)}.", formats)
+            raise DataError(source, where, f"field '{here}.role' is {role!r}, an unknown role; use one of {', '.join(ROLES)}.", formats)
         content = _text(message["content"], source, where, f"{here}.content", formats, allow_empty=role != "assistant")
         messages.append({"role": role, "content": content})
     return messages
@@ -193,7 +193,7 @@ def sft_example(row: Row, source: str) -> dict[str, Any]:
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise DataError(source, where, f"field 'conversations[{i}]' must have 'from' and 'value'.", formats)
             if not isinstance(turn["from"], str) or turn["from"] not in SHAREGPT_ROLES:
-                raise DataError(source, where, f"field 'conversations[{i}].from' is '{turn['from']}', an unknown role; use one of {', '.join(SHAREGPT_ROLES)}.", formats)
+                raise DataError(source, where, f"field 'conversations[{i}].from' is {turn['from']!r}, an unknown role; use one of {', '.join(SHAREGPT_ROLES)}.", formats)
             role = SHAREGPT_ROLES[turn["from"]]
             value = _text(turn["value"], source, where, f"conversations[{i}].value", formats, allow_empty=role != "assistant")
             converted.append({"role": role, "content": value})

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from posttrain.config import AT_LEAST_1, NON_NEGATIVE, ConfigError, apply_mapping, doc, field_docs
+from posttrain.config import AT_LEAST_1, NON_NEGATIVE, ConfigError, apply_mapping, doc, field_docs, yaml_error
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 TOP_KEYS = ("output", "model", "stages", "report")
@@ -113,11 +113,11 @@ def load_pipeline(file: str | Path, overrides: dict[str, Any] | None = None) -> 
     try:
         text = file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{file}: not a text file (byte {err.start} is not UTF-8); a pipeline file is YAML text.") from None
+        raise ConfigError(f"{file}: not a text file (byte {err.start + 1} is not UTF-8); a pipeline file is YAML text.") from None
     try:
         node, data = yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+        raise yaml_error(file, err) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with keys {', '.join(TOP_KEYS)}.")
     lines = _key_lines(node)
@@ -183,7 +183,7 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
         import difflib
 
         close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        raise ConfigError(f"{at('stages', name, 'kind')}: stage '{name}': unknown kind '{kind}'; kinds are {', '.join(KINDS)}."
+        raise ConfigError(f"{at('stages', name, 'kind')}: stage '{name}': unknown kind {kind!r}; kinds are {', '.join(KINDS)}."
                           + (f" Did you mean '{close[0]}'?" if close else ""))
     spec = KINDS[kind]
     cls, _ = command(kind)

@@ -132,6 +132,7 @@ def output_lock(output: Path, command: str = "") -> Iterator[None]:
     import socket
     from datetime import datetime, timezone
 
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
         lock = output / LOCK_FILE
@@ -166,6 +167,8 @@ def output_lock(output: Path, command: str = "") -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # before unlocking: a waiting process then takes a fresh file (see above)
         handle.close()
+        if created and not any(output.iterdir()):
+            output.rmdir()  # a run that stopped before writing anything leaves no folder behind
 
 
 def checkpoint_folders(output: Path) -> list[Path]:
