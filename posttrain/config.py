@@ -345,8 +345,8 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
             valid = [name for name, _, _ in field_docs(type(obj))]
-            section = f" {'.'.join(parts[:depth])} has {', '.join(names)}." if depth else ""
-            raise ConfigError(f"{where}: unknown key '{key}'.{section}{_nearest(key, valid)}")
+            section = f" ({'.'.join(parts[:depth])} has {', '.join(names)}.)" if depth else ""
+            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid)}{section}")
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(hints[part]):
                 if not isinstance(value, dict):
