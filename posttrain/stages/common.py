@@ -46,8 +46,9 @@ KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point()
 
 def kill_point(where: str) -> None:
     """For tests only: kill this process with SIGKILL, as a preemption or the OOM killer would, when
-    ``$POSTTRAIN_TEST_KILL_AT`` names ``where``. Points: ``step-N`` (a TRL stage, after optimizer step N) and
-    ``checkpoint-N`` (inside the write of checkpoint N, before the file that completes it)."""
+    ``$POSTTRAIN_TEST_KILL_AT`` names ``where``. Points: ``step-N`` (a TRL stage, after optimizer step N),
+    ``checkpoint-N`` (inside the write of checkpoint N, before the file that completes it) and ``final-move``
+    (halfway through moving a finished run's files into its output folder)."""
     if os.environ.get(KILL_AT) == where:
         import signal
 
@@ -303,11 +304,13 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
     try:
         yield scratch
         items = sorted(scratch.iterdir(), key=lambda p: p.name == METADATA_FILE)
-        for item in items:
+        for number, item in enumerate(items):
             target = output / item.name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
+            if number == len(items) // 2:
+                kill_point("final-move")  # test-only: a kill halfway through the move
     except OSError as err:
         if err.errno in DISK_FULL:
             raise StageError(f"the disk is full: writing the final files of {output} failed ({err.strerror}). Its "

@@ -125,7 +125,8 @@ def refused(argv: list[str], capsys) -> str:
 def check_refused_everywhere(stage: str, folder: Path, inputs: dict, capsys, tmp_path: Path) -> None:
     prompts, prefs = str(inputs["dir"] / "prompts.jsonl"), str(inputs["dir"] / "prefs.jsonl")
     commands = [["merge", str(folder), "--output", str(tmp_path / "merged")],
-                ["eval", "--model", str(folder), "--data", prefs]]
+                ["eval", "--model", str(folder), "--data", prefs],
+                ["dpo", "--model", str(folder), "--data", prefs, "--output", str(tmp_path / "next")]]
     commands.append(["score", str(folder), "--data", prefs] if stage == "rm" else ["chat", str(folder), "--prompt", "Hi"])
     for argv in commands:
         err = refused(argv, capsys)
@@ -171,6 +172,7 @@ def test_killed_twice_then_resumed_ends_bit_identical(stage, processes, inputs, 
         assert "a checkpoint whose write was cut short" in log, log
     else:
         code, log = processes.run([*command, "--resume"], kill_at="step-3")
+        assert f"taking over {killed / 'posttrain.lock'}: the run that held it" in log, log
         assert "checkpoint-4 is incomplete (it has no trainer_state.json" in log and "set aside as incomplete-checkpoint-4" in log, log
         assert "resuming from" in log and "checkpoint-2" in log
     assert code == -signal.SIGKILL, log
@@ -187,3 +189,22 @@ def test_killed_twice_then_resumed_ends_bit_identical(stage, processes, inputs, 
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
     assert (killed / "posttrain.json").is_file() and main(["merge", str(killed), "--output", str(tmp_path / "merged")]) == 0
+
+
+def test_killed_while_moving_the_final_files_is_refused_then_resumed(processes, inputs, tmp_path, capsys):
+    """A kill halfway through moving the finished files in: the folder holds some of them and no posttrain.json,
+    so it is refused; --resume (from the last checkpoint, the final step) then finishes it, bit-identical."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = processes.start(stage_command("sft", inputs, straight))
+    command = stage_command("sft", inputs, killed)
+    code, log = processes.run(command, kill_at="final-move")
+    assert code == -signal.SIGKILL, log
+    assert (killed / ".writing").is_dir() and not (killed / "posttrain.json").exists()
+    assert any((killed / name).exists() for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"))
+    for argv in (["chat", str(killed), "--prompt", "Hi"], ["merge", str(killed), "--output", str(tmp_path / "m")]):
+        assert f"{killed} is a run that did not finish" in refused(argv, capsys)
+    code, log = processes.run([*command, "--resume"])
+    assert code == 0, log
+    assert processes.finish(reference)[0] == 0
+    expected, resumed = adapter(straight), adapter(killed)
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected) and not (killed / ".writing").exists()
