@@ -253,7 +253,8 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
 def _check_input(kind: str, key: str, value: str, place: str) -> None:
     from posttrain.models import EMBEDDED_MODELS
 
-    from posttrain.models import ModelError, check_finished
+    from posttrain.models import ModelError
+    from posttrain.run_folder import check_finished
 
     path = Path(value).expanduser()
     if key in ("model", "baseline", "reward_model") and path.is_dir():

@@ -17,10 +17,7 @@ from tqdm.auto import tqdm
 
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
-    CHECKPOINTS,
-    LOCK_FILE,
     METADATA_FILE,
-    SCRATCH,
     adapter_base,
     adapter_tokenizer,
     count_parameters,
@@ -32,9 +29,9 @@ from posttrain.models import (
     load_tokenizer,
     lora_config,
     match_vocab,
-    read_lock,
     write_metadata,
 )
+from posttrain.run_folder import CHECKPOINTS, LOCK_FILE, SCRATCH, read_lock
 
 RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from posttrain.config import to_dict
-from posttrain.models import CHECKPOINTS, METADATA_FILE
+from posttrain.run_folder import CHECKPOINTS, METADATA_FILE
 from posttrain.stages.common import (
     DISK_FULL,
     INCOMPLETE,

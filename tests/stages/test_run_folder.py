@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from posttrain.cli import main
-from posttrain.models import ModelError, check_finished
+from posttrain.models import ModelError
+from posttrain.run_folder import check_finished
 from posttrain.stages.common import (
     StageError,
     check_resume_settings,
