@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.config import doc
+from posttrain.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, doc
 from posttrain.models import Loaded, load_for_inference, stop_token_ids
 
 
@@ -16,12 +16,12 @@ class ChatConfig:
     model: str = doc("smollm2-135m-instruct", "A checkpoint folder (adapter or merged), a model folder, a hub id or the default alias.")
     prompt: str = doc("", "Reply once to this message and exit; without it, chat interactively.")
     system: str = doc("", "An optional system message.")
-    max_new_tokens: int = doc(256, "Longest reply in tokens.")
-    temperature: float = doc(0.7, "Sampling temperature; 0 means greedy decoding.")
-    top_p: float = doc(0.9, "Nucleus sampling: keep the smallest token set with this much probability.")
-    top_k: int = doc(0, "Keep only the k most likely tokens (0 disables).")
-    repetition_penalty: float = doc(1.0, "Penalty on tokens already generated (1.0 disables).")
-    seed: int = doc(-1, "Random seed for sampling (-1: not fixed).")
+    max_new_tokens: int = doc(256, "Longest reply in tokens.", valid=AT_LEAST_1)
+    temperature: float = doc(0.7, "Sampling temperature; 0 means greedy decoding.", valid=NON_NEGATIVE)
+    top_p: float = doc(0.9, "Nucleus sampling: keep the smallest token set with this much probability.", valid=Range(0, 1, low_open=True))
+    top_k: int = doc(0, "Keep only the k most likely tokens (0 disables).", valid=NON_NEGATIVE)
+    repetition_penalty: float = doc(1.0, "Penalty on tokens already generated (1.0 disables).", valid=POSITIVE)
+    seed: int = doc(-1, "Random seed for sampling (-1: not fixed).", valid=Range(0, 2**32 - 1, special=(-1,)))
 
 
 @torch.no_grad()

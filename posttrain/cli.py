@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.config import ConfigError, doc, field_docs, load_config
+from posttrain.config import ConfigError, doc, field_docs, field_ranges, load_config
 
 
 @dataclass
@@ -68,17 +71,47 @@ def _lazy(module: str, name: str) -> Callable[[], Any]:
     return load
 
 
+INVOCATION: ContextVar[str] = ContextVar("invocation", default="")  # the command line main() runs, for lock records
+
+
+def _stage(module: str, name: str) -> Callable[[], Callable[[Any], Any]]:
+    """A training stage, run holding its output folder: a folder that cannot be written, one another running
+    posttrain process holds, ``--resume`` with no checkpoint or with settings other than the saved run's, and a
+    fresh start over an earlier run's checkpoints fail at once, before the stage reads data or loads a model.
+    Pipelines run stages through here too."""
+
+    def load():
+        run = _lazy(module, name)()
+
+        def locked(config):
+            from pathlib import Path
+
+            from posttrain.stages.common import check_start, output_lock
+
+            output = Path(config.output) if config.output else None
+            if output is None or int(os.environ.get("RANK", "0")) != 0:
+                return run(config)  # the stage names a missing --output; the processes of one launch share rank 0's lock
+            with output_lock(output, INVOCATION.get()):
+                check_start(output, config)
+                return run(config)
+
+        return locked
+
+    return load
+
+
 COMMANDS: dict[str, Command] = {
     "sft": Command("supervised fine-tuning of a LoRA adapter", _lazy("posttrain.config", "SFTConfig"),
-                   _lazy("posttrain.stages.sft", "run_sft")),
+                   _stage("posttrain.stages.sft", "run_sft")),
     "rm": Command("train a LoRA reward model on preference pairs", _lazy("posttrain.config", "RewardConfig"),
-                  _lazy("posttrain.stages.reward", "run_reward")),
+                  _stage("posttrain.stages.reward", "run_reward")),
     "score": Command("score rows (or preference pairs) with a reward model", _lazy("posttrain.config", "ScoreConfig"),
                      _lazy("posttrain.stages.score", "run_score"), positional="model"),
     "dpo": Command("direct preference optimisation of a LoRA adapter", _lazy("posttrain.config", "DPOConfig"),
-                   _lazy("posttrain.stages.dpo", "run_dpo")),
-    "rlhf": Command("PPO against a reward model under a KL leash", _lazy("posttrain.config", "RLHFConfig"),
-                    _lazy("posttrain.stages.rlhf", "run_rlhf")),
+                   _stage("posttrain.stages.dpo", "run_dpo")),
+    "rlhf": Command("online RL (PPO, GRPO, RLOO, REINFORCE++) against reward models and reward functions",
+                    _lazy("posttrain.config", "RLHFConfig"),
+                    _stage("posttrain.stages.rlhf", "run_rlhf")),
     "pipeline": Command("run a pipelines/*.yaml file (SFT -> RM -> PPO, SFT -> DPO)", lambda: None,
                         _lazy("posttrain.pipeline", "pipeline_main"), raw=True),
     "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples",
@@ -130,8 +163,10 @@ def print_help(name: str | None = None) -> None:
     entry = COMMANDS[name]
     head = f" [{entry.positional.upper()}]" if entry.positional else ""
     print(f"usage: posttrain {name}{head} [--config FILE] [--key value ...]\n\n{entry.summary}\n\noptions:")
+    ranges = field_ranges(entry.config())
     for key, text, default in field_docs(entry.config()):
-        print(f"  --{key:<30} {text} (default: {default!r})")
+        valid = f"; {ranges[key]}" if key in ranges else ""
+        print(f"  --{key:<30} {text} (default: {default!r}{valid})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from posttrain.errors import USER_ERRORS
 
+    INVOCATION.set("posttrain " + shlex.join(argv))
     try:
         entry = COMMANDS[name]
         if entry.raw:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,13 +22,58 @@ class ConfigError(ValueError):
     """A bad configuration key or value; the message says where and how to fix it."""
 
 
-def doc(default: Any, text: str, **kwargs) -> Any:
-    """A dataclass field with a default and a one-line description."""
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting accepts: ``low``/``high`` bounds (open or closed) and ``special`` values
+    allowed outside them (``-1`` meaning "not set"). Checked when the config is parsed; --help prints it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple = ()
+
+    def __contains__(self, value: float) -> bool:
+        if value in self.special:
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {low}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {high}"
+        else:
+            text = "a finite number"
+        return text + "".join(f", or {_number(v)}" for v in self.special)
+
+
+def _number(value: float | None) -> str:
+    return str(value) if isinstance(value, int) or value is None else f"{value:g}"
+
+
+AT_LEAST_1 = Range(1)  # sizes and counts
+NON_NEGATIVE = Range(0)  # coefficients, and counts where 0 switches a feature off
+POSITIVE = Range(0, low_open=True)  # rates, temperatures, scales
+SHARE = Range(0, 1)  # fractions
+SEED = Range(0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit
+
+
+def doc(default: Any, text: str, valid: Range | None = None, **kwargs) -> Any:
+    """A dataclass field with a default, a one-line description and, for numbers, the range it accepts."""
+    metadata = {"doc": text, **({"range": valid} if valid is not None else {})}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": text}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return field(default_factory=default, metadata={"doc": text}, **kwargs)
-    return field(default=default, metadata={"doc": text}, **kwargs)
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,31 +83,31 @@ def doc(default: Any, text: str, **kwargs) -> Any:
 
 @dataclass
 class LoraSection:
-    r: int = doc(16, "LoRA rank.")
-    alpha: int = doc(32, "LoRA scaling numerator (the update is scaled by alpha / r).")
-    dropout: float = doc(0.05, "Dropout on the LoRA input.")
+    r: int = doc(16, "LoRA rank.", valid=AT_LEAST_1)
+    alpha: int = doc(32, "LoRA scaling numerator (the update is scaled by alpha / r).", valid=POSITIVE)
+    dropout: float = doc(0.05, "Dropout on the LoRA input.", valid=Range(0, 1, high_open=True))
     target_modules: str = doc("all-linear", "Modules that get adapters: 'all-linear' or a comma list, e.g. 'q_proj,v_proj'.")
 
 
 @dataclass
 class TrainSection:
-    lr: float = doc(2e-4, "Peak learning rate (AdamW).")
-    epochs: float = doc(1.0, "Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = doc(-1, "Stop after this many optimizer steps; -1 means use epochs.")
-    batch_size: int = doc(4, "Examples per device per forward pass.")
-    grad_accum: int = doc(1, "Forward passes accumulated per optimizer step.")
-    max_length: int = doc(512, "Longest tokenised example; longer rows are truncated and counted.")
-    warmup_ratio: float = doc(0.03, "Share of steps spent warming the learning rate up.")
+    lr: float = doc(2e-4, "Peak learning rate (AdamW).", valid=POSITIVE)
+    epochs: float = doc(1.0, "Passes over the training data (ignored when max_steps > 0).", valid=POSITIVE)
+    max_steps: int = doc(-1, "Stop after this many optimizer steps; -1 means use epochs.", valid=Range(1, special=(-1,)))
+    batch_size: int = doc(4, "Examples per device per forward pass.", valid=AT_LEAST_1)
+    grad_accum: int = doc(1, "Forward passes accumulated per optimizer step.", valid=AT_LEAST_1)
+    max_length: int = doc(512, "Longest tokenised example; longer rows are truncated and counted.", valid=AT_LEAST_1)
+    warmup_ratio: float = doc(0.03, "Share of steps spent warming the learning rate up.", valid=SHARE)
     scheduler: str = doc("cosine", "Learning-rate schedule (any transformers scheduler name).")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm.")
-    seed: int = doc(42, "Random seed for data order, dropout and initialisation.")
-    logging_steps: int = doc(5, "Log metrics every N optimizer steps.")
-    save_steps: int = doc(0, "Save a resumable checkpoint every N steps; 0 saves none mid-run.")
-    eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).")
-    eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).")
+    weight_decay: float = doc(0.0, "AdamW weight decay.", valid=NON_NEGATIVE)
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm (0: no clipping).", valid=NON_NEGATIVE)
+    seed: int = doc(42, "Random seed for data order, dropout and initialisation.", valid=SEED)
+    logging_steps: int = doc(5, "Log metrics every N optimizer steps.", valid=AT_LEAST_1)
+    save_steps: int = doc(0, "Save a resumable checkpoint every N steps; 0 saves none mid-run.", valid=NON_NEGATIVE)
+    eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).", valid=Range(0, 1, high_open=True))
+    eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).", valid=NON_NEGATIVE)
     gradient_checkpointing: str = doc("auto", "'auto' (on with a GPU, off on CPU where it costs several times the speed), 'true' or 'false'.")
-    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +148,8 @@ class ScoreConfig:
     model: str = doc("", "A reward-model checkpoint folder (from `posttrain rm`).")
     data: str = doc("", "Rows to score (prompt/completion or messages), or preference pairs for accuracy.")
     output: str = doc("", "Where to write the scored rows (.jsonl); default: <data>.scored.jsonl.")
-    batch_size: int = doc(8, "Rows per forward pass.")
-    max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.")
+    batch_size: int = doc(8, "Rows per forward pass.", valid=AT_LEAST_1)
+    max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -112,9 +158,9 @@ class DPOConfig:
     data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
     output: str = doc("", "Checkpoint folder to write.")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
-    beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.")
+    beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
-    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).")
+    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
     train: TrainSection = _train(lr=5e-5, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
 
@@ -122,39 +168,41 @@ class DPOConfig:
 @dataclass
 class RolloutSection:
     batch_size: int = doc(8, "Responses sampled per step (per process): batch_size / group_size prompts, group_size "
-                             "responses to each, so every algorithm spends the same budget a step.")
+                             "responses to each, so every algorithm spends the same budget a step.", valid=AT_LEAST_1)
     group_size: int = doc(0, "Responses sampled per prompt; 0 picks the algorithm's default (ppo and reinforce_pp 1, "
-                             "grpo and rloo 4). Group baselines (grpo, rloo) need at least 2.")
-    max_new_tokens: int = doc(48, "Longest response in tokens.")
-    max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.")
-    temperature: float = doc(0.7, "Sampling temperature for rollouts.")
+                             "grpo and rloo 4). Group baselines (grpo, rloo) need at least 2.", valid=NON_NEGATIVE)
+    max_new_tokens: int = doc(48, "Longest response in tokens.", valid=AT_LEAST_1)
+    max_prompt_length: int = doc(256, "Longest prompt in tokens; longer prompts are cut from the left and counted.", valid=AT_LEAST_1)
+    temperature: float = doc(0.7, "Sampling temperature for rollouts.", valid=POSITIVE)
     top_p: float = doc(1.0, "Nucleus sampling for rollouts. Must stay 1.0: the PPO ratio and KL use log-probs of the "
-                            "full distribution, which a nucleus cut would make wrong.")
+                            "full distribution, which a nucleus cut would make wrong.", valid=Range(0, 1, low_open=True))
     penalise_no_eos: bool = doc(True, "Give responses that hit max_new_tokens without a stop token the score "
                                       "no_eos_penalty instead of their reward; false switches this off.")
     no_eos_penalty: float = doc(-1.0, "The score that replaces the reward of a response that never stopped (when "
                                       "penalise_no_eos). It is a replacement, not a subtraction: 0 makes unfinished "
                                       "responses score 0, which rewards running to the length limit when most scores "
-                                      "are negative.")
+                                      "are negative.", valid=Range())
 
 
 @dataclass
 class PPOSection:
-    steps: int = doc(40, "Steps (each: rollout, score, advantages, optimisation epochs).")
-    lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.")
-    weight_decay: float = doc(0.0, "AdamW weight decay on the trained adapters, value head and new token rows.")
-    epochs: int = doc(2, "Optimisation passes over each rollout batch.")
-    minibatch_size: int = doc(4, "Responses per optimizer minibatch.")
+    steps: int = doc(40, "Steps (each: rollout, score, advantages, optimisation epochs).", valid=AT_LEAST_1)
+    lr: float = doc(3e-5, "Learning rate for the policy and critic adapters.", valid=POSITIVE)
+    weight_decay: float = doc(0.0, "AdamW weight decay on the trained adapters, value head and new token rows.",
+                              valid=NON_NEGATIVE)
+    epochs: int = doc(2, "Optimisation passes over each rollout batch.", valid=AT_LEAST_1)
+    minibatch_size: int = doc(4, "Responses per optimizer minibatch.", valid=AT_LEAST_1)
     grad_accum: int = doc(1, "Minibatches accumulated per optimizer step; an epoch always ends with a step "
-                             "(its last group may be shorter).")
-    clip_eps: float = doc(0.2, "PPO ratio clip range.")
-    value_clip_eps: float = doc(0.2, "Clip range for the value-function update.")
-    vf_coef: float = doc(0.1, "Weight of the value loss.")
-    entropy_coef: float = doc(0.0, "Weight of the entropy bonus.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm, applied to the policy and to the critic separately.")
-    target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).")
-    gamma: float = doc(1.0, "Discount for GAE and REINFORCE++ returns.")
-    lam: float = doc(0.95, "GAE lambda.")
+                             "(its last group may be shorter).", valid=AT_LEAST_1)
+    clip_eps: float = doc(0.2, "PPO ratio clip range.", valid=POSITIVE)
+    value_clip_eps: float = doc(0.2, "Clip range for the value-function update.", valid=POSITIVE)
+    vf_coef: float = doc(0.1, "Weight of the value loss.", valid=NON_NEGATIVE)
+    entropy_coef: float = doc(0.0, "Weight of the entropy bonus.", valid=NON_NEGATIVE)
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm, applied to the policy and to the critic separately.",
+                               valid=POSITIVE)
+    target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).", valid=NON_NEGATIVE)
+    gamma: float = doc(1.0, "Discount for GAE and REINFORCE++ returns.", valid=SHARE)
+    lam: float = doc(0.95, "GAE lambda.", valid=SHARE)
     whiten_advantages: bool = doc(True, "Normalise PPO's (GAE) and RLOO's advantages over the batch.")
     scale_rewards: bool = doc(True, "GRPO: divide each group's centred rewards by its std; false is Dr. GRPO.")
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = doc(
@@ -163,32 +211,35 @@ class PPOSection:
     kl_in: Literal["auto", "reward", "loss"] = doc(
         "auto", "Where the KL leash to the reference acts: in the reward (-beta*KL per token, PPO style) or in the "
                 "loss (beta*k3, GRPO style); auto is loss for grpo and reward otherwise.")
-    kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.")
+    kl_coef: float = doc(0.05, "Initial beta of the KL penalty to the reference.", valid=NON_NEGATIVE)
     kl_estimator: Literal["k1", "k3"] = doc("k1", "Per-token KL estimator in the reward.")
     adaptive_kl: bool = doc(False, "Adapt beta toward target_kl (Ziegler et al. 2019).")
-    target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.")
+    target_kl: float = doc(2.0, "Target KL per response (nats) for the adaptive controller.", valid=POSITIVE)
     kl_horizon: int = doc(100, "Rollouts over which the adaptive beta moves: each step changes it by at most "
-                               "0.2 x rollouts/horizon. Ziegler et al. used 10000 with batches of 512; 100 suits batches of 8.")
+                               "0.2 x rollouts/horizon. Ziegler et al. used 10000 with batches of 512; 100 suits batches of 8.", valid=AT_LEAST_1)
     normalize_rewards: bool = doc(False, "Normalise scores with running mean/std before the KL penalty.")
-    reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).")
-    save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).")
-    seed: int = doc(42, "Random seed for prompt order, sampling and initialisation.")
+    reward_clip: float = doc(0.0, "Clip scores to [-c, c] (0 disables).", valid=NON_NEGATIVE)
+    save_steps: int = doc(10, "Save a resumable checkpoint every N steps (0: only at the end).", valid=NON_NEGATIVE)
+    seed: int = doc(42, "Random seed for prompt order, sampling and initialisation.", valid=SEED)
 
 
 @dataclass
 class EvalSection:
     every: int = doc(0, "Every N steps, score greedy responses to the held-out prompts with every reward source "
-                        "(0: only when eval_prompts or share is set, then every 10 steps).")
-    share: float = doc(0.0, "Share of --prompts held out for evaluation when --eval_prompts is not given.")
-    max_prompts: int = doc(32, "Held-out prompts scored at each evaluation (at most).")
+                        "(0: only when eval_prompts or share is set, then every 10 steps).", valid=NON_NEGATIVE)
+    share: float = doc(0.0, "Share of --prompts held out for evaluation when --eval_prompts is not given.",
+                       valid=Range(0, 1, high_open=True))
+    max_prompts: int = doc(32, "Held-out prompts scored at each evaluation (at most).", valid=AT_LEAST_1)
 
 
 @dataclass
 class StopSection:
-    kl_above: float = doc(0.0, "End the run when the KL to the reference (nats/response) passes this (0: never).")
-    truncated_share_above: float = doc(0.0, "End the run when this share of responses hits the length limit (0: never).")
+    kl_above: float = doc(0.0, "End the run when the KL to the reference (nats/response) passes this (0: never).",
+                          valid=NON_NEGATIVE)
+    truncated_share_above: float = doc(0.0, "End the run when this share of responses hits the length limit (0: never).",
+                                       valid=SHARE)
     eval_reward_drops: int = doc(0, "End the run after this many evaluations in a row below the best held-out "
-                                    "reward (0: never). The best policy is kept in <output>/best.")
+                                    "reward (0: never). The best policy is kept in <output>/best.", valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -226,10 +277,10 @@ class EvalConfig:
                              "comma-separated, called as in rlhf): each model's mean score, and the win-rate.")
     data: str = doc("", "Preference pairs: also report pairwise accuracy of the model (implicit reward) or reward model.")
     output: str = doc("", "Folder for the evaluation report (default: next to the model).")
-    max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).")
-    max_new_tokens: int = doc(64, "Longest response in tokens.")
-    temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).")
-    seed: int = doc(0, "Random seed.")
+    max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).", valid=AT_LEAST_1)
+    max_new_tokens: int = doc(64, "Longest response in tokens.", valid=AT_LEAST_1)
+    temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).", valid=NON_NEGATIVE)
+    seed: int = doc(0, "Random seed.", valid=SEED)
 
 
 STAGE_ALIASES = {
@@ -264,6 +315,18 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
     return rows
 
 
+def field_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
+    """The :class:`Range` of every number field that has one, by dotted name."""
+    ranges = {}
+    hints = _resolved_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            ranges.update(field_ranges(hints[f.name], f"{prefix}{f.name}."))
+        elif "range" in f.metadata:
+            ranges[prefix + f.name] = f.metadata["range"]
+    return ranges
+
+
 def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -275,6 +338,9 @@ def _nearest(key: str, options: list[str]) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    if value is None and not optional:
+        raise ConfigError(f"{where}: has no value; give one (or leave the key out for its default).")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -294,8 +360,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}.")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected {'a number' if tp is float else 'a whole number'}, got {value!r}.")
         try:
             number = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
         except ValueError:
@@ -312,6 +378,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _checked(value: Any, section: Any, name: str, where: str) -> Any:
+    """``value`` when it lies in the field's range (see :class:`Range`); else an error naming the range."""
+    valid = next(f for f in dataclasses.fields(section) if f.name == name).metadata.get("range")
+    if valid is not None and isinstance(value, (int, float)) and value not in valid:
+        raise ConfigError(f"{where}: {value!r} is out of range; it must be {valid}.")
+    return value
+
+
 def _apply(obj: Any, key: str, value: Any, where: str) -> None:
     """Set a dotted ``key`` on a nested config dataclass, checking the name and the type."""
     parts = key.replace("-", "_").split(".")
@@ -321,7 +395,8 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
             valid = [name for name, _, _ in field_docs(type(obj))]
-            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid)}")
+            section = f" ({'.'.join(parts[:depth])} has {', '.join(names)}.)" if depth else ""
+            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid)}{section}")
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(hints[part]):
                 if not isinstance(value, dict):
@@ -329,7 +404,7 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
                 for sub_key, sub_value in value.items():
                     _apply(obj, f"{key}.{sub_key}", sub_value, where)
             else:
-                setattr(target, part, _coerce(value, hints[part], f"{where}: {key}"))
+                setattr(target, part, _checked(_coerce(value, hints[part], f"{where}: {key}"), target, part, f"{where}: {key}"))
         else:
             if not dataclasses.is_dataclass(hints[part]):
                 raise ConfigError(f"{where}: '{'.'.join(parts[:depth + 1])}' has no sub-keys.")
@@ -337,19 +412,53 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
 
 
 def _yaml_items(path: Path) -> list[tuple[str, Any, int]]:
-    """Top-level (key, value, line) items of a YAML mapping, with the line each key is on."""
-    text = path.read_text()
+    """(dotted key, value, line) of every setting in a YAML mapping, each with the line its own key is on:
+    ``lora:`` then ``  r: 8`` gives ``("lora.r", 8, 2)``."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start + 1} is not UTF-8); a config file is YAML text.") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise yaml_error(path, err) from None
     if data is None:
         return []
     if not isinstance(data, dict) or node is None or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    return [(key, value, lines.get(key, 0)) for key, value in data.items()]
+    items: list[tuple[str, Any, int]] = []
+
+    def walk(mapping: dict, mapping_node: yaml.MappingNode, prefix: str) -> None:
+        seen: dict[str, int] = {}
+        for key_node, value_node in mapping_node.value:
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{path}, line {line}: '{prefix}{key}' is given twice (first on line {seen[key]}); keep one.")
+            seen[key] = line
+            value = mapping.get(key_node.value) if key in mapping else mapping.get(_scalar(key_node))
+            if isinstance(value, dict) and value and isinstance(value_node, yaml.MappingNode):
+                items.append((f"{prefix}{key}", {}, line))  # the section itself: an unknown one is reported on its own line
+                walk(value, value_node, f"{prefix}{key}.")
+            else:
+                items.append((f"{prefix}{key}", value, line))
+
+    walk(data, node, "")
+    return items
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as one line with the line it is on (PyYAML's own message spans several)."""
+    mark, context, context_mark = (getattr(err, name, None) for name in ("problem_mark", "context", "context_mark"))
+    where = f"{path}, line {mark.line + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    near = f" ({context} on line {context_mark.line + 1})" if context and context_mark else ""
+    return ConfigError(f"{where}: not valid YAML: {problem}{near}.")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A key as safe_load reads it (``1`` is an int, ``true`` a bool), to find its value in the loaded mapping."""
+    return yaml.safe_load(yaml.serialize(node))
 
 
 def apply_mapping(config: Any, mapping: dict[str, Any], where: str, lines: dict[str, int] | None = None) -> Any:
@@ -367,9 +476,12 @@ def load_config(cls: type, config_file: str | Path | None = None, overrides: dic
     if config_file:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist.")
-        items = _yaml_items(path)
-        apply_mapping(config, {k: v for k, v, _ in items}, str(path), {k: line for k, _, line in items})
+            raise ConfigError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                              "--config takes a YAML file.")
+        for key, value, line in _yaml_items(path):
+            head = key.split(".")[0]
+            name = STAGE_ALIASES.get(key, key) if not hasattr(config, head) else key
+            _apply(config, name, value, f"{path}, line {line}")
     for key, value in (overrides or {}).items():
         name = key.replace("-", "_")
         if "." not in name and not hasattr(config, name):

@@ -8,9 +8,12 @@ counted and reported by the stage.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from posttrain.config import ConfigError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -83,8 +86,9 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
         rows = [Row(dict(r), f"row {i + 1}") for i, r in enumerate(dataset)]
     elif path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = _utf8(raw, source, f"line {number}", formats)
                 if not line.strip():
                     continue
                 try:
@@ -95,7 +99,7 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
                     raise DataError(source, f"line {number}", "each line must be a JSON object.", formats)
                 rows.append(Row(value, f"line {number}"))
     elif path.suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = _utf8(path.read_bytes(), source, None, formats)
         if not text.strip():
             raise DataError(source, None, "the dataset is empty.", formats)
         try:
@@ -126,6 +130,14 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
     return rows
 
 
+def _utf8(raw: bytes, source: str, where: str | None, formats: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(source, where, f"not UTF-8 text (byte {err.start + 1} of {'the line' if where else 'the file'} "
+                                       "is not valid UTF-8); is this a binary file? Save the data as UTF-8 JSON.", formats) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +161,7 @@ def _messages(value: Any, source: str, where: str, name: str, formats: str) -> l
             raise DataError(source, where, f"field '{here}' must be an object with 'role' and 'content'.", formats)
         role = message["role"]
         if role not in ROLES:
-            raise DataError(source, where, f"field '{here}.role' is '{role}', an unknown role; use one of {', '.join(ROLES)}.", formats)
+            raise DataError(source, where, f"field '{here}.role' is {role!r}, an unknown role; use one of {', '.join(ROLES)}.", formats)
         content = _text(message["content"], source, where, f"{here}.content", formats, allow_empty=role != "assistant")
         messages.append({"role": role, "content": content})
     return messages
@@ -180,8 +192,8 @@ def sft_example(row: Row, source: str) -> dict[str, Any]:
         for i, turn in enumerate(turns):
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise DataError(source, where, f"field 'conversations[{i}]' must have 'from' and 'value'.", formats)
-            if turn["from"] not in SHAREGPT_ROLES:
-                raise DataError(source, where, f"field 'conversations[{i}].from' is '{turn['from']}', an unknown role; use one of {', '.join(SHAREGPT_ROLES)}.", formats)
+            if not isinstance(turn["from"], str) or turn["from"] not in SHAREGPT_ROLES:
+                raise DataError(source, where, f"field 'conversations[{i}].from' is {turn['from']!r}, an unknown role; use one of {', '.join(SHAREGPT_ROLES)}.", formats)
             role = SHAREGPT_ROLES[turn["from"]]
             value = _text(turn["value"], source, where, f"conversations[{i}].value", formats, allow_empty=role != "assistant")
             converted.append({"role": role, "content": value})
@@ -264,8 +276,8 @@ def preference_example(row: Row, source: str) -> dict[str, Any]:
     if example["chosen"] == example["rejected"]:
         raise DataError(source, where, "'chosen' and 'rejected' are identical; a pair must differ to teach a preference.", formats)
     if "margin" in data and data["margin"] is not None:
-        if not isinstance(data["margin"], (int, float)) or isinstance(data["margin"], bool):
-            raise DataError(source, where, "field 'margin' must be a number.", formats)
+        if not isinstance(data["margin"], (int, float)) or isinstance(data["margin"], bool) or not math.isfinite(data["margin"]):
+            raise DataError(source, where, f"field 'margin' must be a finite number, got {data['margin']!r}.", formats)
         example["margin"] = float(data["margin"])
     return example
 
@@ -374,8 +386,9 @@ def _segments(tokenizer, messages: list[dict[str, str]]) -> Iterable[tuple[str, 
         head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not head.startswith(done) or not upto.startswith(head):
-            raise ValueError("the tokenizer's chat template rewrites earlier turns, so assistant tokens cannot be located; "
-                             "use loss_on: all, or a template that renders conversations incrementally.")
+            raise ConfigError("--loss-on assistant: the model's chat template rewrites earlier turns, so its assistant "
+                              "tokens cannot be located. Train with --loss-on all, or use a model whose template renders "
+                              "a conversation as the rendering of its first turns plus the next.")
         answer = upto[len(head):]
         body = answer.rstrip()  # the turn's text and end token; trailing newlines are template glue
         yield head[len(done):], False
@@ -428,6 +441,7 @@ def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(round(len(items) * fraction)))
     if n_eval >= len(items):
-        raise ValueError(f"eval_split {fraction} leaves no training rows out of {len(items)}; lower train.eval_split.")
+        raise ConfigError(f"--train.eval_split {fraction} holds out {n_eval} of the {len(items)} rows and leaves none to "
+                          "train on; lower --train.eval_split, or use more data.")
     held = set(order[:n_eval])
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from posttrain.config import LoraSection
+from posttrain.run_folder import METADATA_FILE, check_finished
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -41,8 +42,6 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
-
-METADATA_FILE = "posttrain.json"
 
 
 class ModelError(RuntimeError):
@@ -143,7 +142,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def resolve_model(name: str) -> str:
-    """A local folder for the embedded alias (converted on first use) or a local path; else the hub id as given."""
+    """A local folder for the embedded alias (converted on first use) or a local path; else the hub id as given.
+
+    A posttrain run folder whose run did not finish is refused (see :func:`check_finished`)."""
     name = name or DEFAULT_MODEL
     if name in EMBEDDED_MODELS:
         folder = posttrain_home() / "models" / name
@@ -154,6 +155,7 @@ def resolve_model(name: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"--model {name}: is a file; pass the folder that holds config.json and the weights.")
+        check_finished(path)
         return str(path)
     return name
 
@@ -267,10 +269,14 @@ def match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> l
 
 
 def is_adapter_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a LoRA adapter; a run folder whose run did not finish is refused instead."""
+    check_finished(path)
     return (Path(path) / "adapter_config.json").is_file()
 
 
 def read_metadata(path: str | Path) -> dict:
+    """posttrain.json of a checkpoint ({} for a folder posttrain did not write); an unfinished run is refused."""
+    check_finished(path)
     file = Path(path) / METADATA_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 

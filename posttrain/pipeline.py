@@ -44,7 +44,8 @@ def is_finished(stage: Stage) -> bool:
 
 def has_checkpoints(stage: Stage) -> bool:
     folder = stage.output / "checkpoints"
-    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    # not temporary (".step-N.*") or set-aside ("incomplete-checkpoint-N") ones: resume cannot start from those
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith((".", "incomplete-")) for p in folder.iterdir())
 
 
 def decide(stage: Stage, manifest: dict, key: str | None, forced: bool) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from posttrain.config import ConfigError, apply_mapping, doc, field_docs
+from posttrain.config import AT_LEAST_1, NON_NEGATIVE, ConfigError, apply_mapping, doc, field_docs, yaml_error
 
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 TOP_KEYS = ("output", "model", "stages", "report")
@@ -46,8 +46,8 @@ DATA_LOADERS = {"sft.data": "load_sft", "sft.eval_data": "load_sft", "rm.data": 
 @dataclass
 class ReportSection:
     prompts: str = doc("", "Prompt file for the side-by-side samples of the base, SFT and final models (empty: none).")
-    samples: int = doc(6, "How many prompts each model answers in the report.")
-    max_new_tokens: int = doc(64, "Longest sampled response in tokens (greedy decoding).")
+    samples: int = doc(6, "How many prompts each model answers in the report.", valid=NON_NEGATIVE)
+    max_new_tokens: int = doc(64, "Longest sampled response in tokens (greedy decoding).", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -111,11 +111,14 @@ def load_pipeline(file: str | Path, overrides: dict[str, Any] | None = None) -> 
     file = Path(file)
     if not file.is_file():
         raise ConfigError(f"pipeline file {file} does not exist.")
-    text = file.read_text()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not a text file (byte {err.start + 1} is not UTF-8); a pipeline file is YAML text.") from None
     try:
         node, data = yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+        raise yaml_error(file, err) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with keys {', '.join(TOP_KEYS)}.")
     lines = _key_lines(node)
@@ -177,11 +180,11 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
     if not isinstance(body, dict) or "kind" not in body:
         raise ConfigError(f"{where}: a stage needs a kind ({', '.join(KINDS)}), e.g. {name}: {{kind: sft, data: FILE}}.")
     kind = body["kind"]
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         import difflib
 
         close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        raise ConfigError(f"{at('stages', name, 'kind')}: stage '{name}': unknown kind '{kind}'; kinds are {', '.join(KINDS)}."
+        raise ConfigError(f"{at('stages', name, 'kind')}: stage '{name}': unknown kind {kind!r}; kinds are {', '.join(KINDS)}."
                           + (f" Did you mean '{close[0]}'?" if close else ""))
     spec = KINDS[kind]
     cls, _ = command(kind)
@@ -251,7 +254,15 @@ def _build_stage(name: str, body: Any, names: list[str], earlier: list[Stage], o
 def _check_input(kind: str, key: str, value: str, place: str) -> None:
     from posttrain.models import EMBEDDED_MODELS
 
+    from posttrain.models import ModelError
+    from posttrain.run_folder import check_finished
+
     path = Path(value).expanduser()
+    if key in ("model", "baseline", "reward_model") and path.is_dir():
+        try:
+            check_finished(path)  # a killed run's folder is not a model a stage can start from
+        except ModelError as err:
+            raise ConfigError(f"{place}: {key}: {err}") from None
     if key in ("model", "baseline"):
         if value in EMBEDDED_MODELS or path.exists() or (HUB_ID.match(value) and not value.startswith(".")):
             return

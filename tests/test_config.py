@@ -107,3 +107,48 @@ def test_saved_config_loads_back_to_the_same_values(tmp_path):
     assert saved == to_dict(config)
     again = load_config(SFTConfig, tmp_path / "resolved.yaml")
     assert dataclasses.asdict(again) == dataclasses.asdict(config)
+
+
+def _number_fields():
+    from posttrain import config as config_module
+    from posttrain.chat import ChatConfig
+    from posttrain.config import field_ranges
+    from posttrain.pipeline_spec import ReportSection
+
+    classes = [ChatConfig, ReportSection] + [c for c in vars(config_module).values()
+                                             if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__name__.endswith("Config")]
+    for cls in classes:
+        ranges = field_ranges(cls)
+        for name, _, default in field_docs(cls):
+            yield cls, name, default, ranges.get(name)
+
+
+def test_every_number_setting_has_a_range_that_holds_its_default():
+    missing = [f"{cls.__name__}.{name}" for cls, name, default, valid in _number_fields()
+               if isinstance(default, (int, float)) and not isinstance(default, bool) and valid is None]
+    assert missing == []
+    for cls, name, default, valid in _number_fields():
+        if valid is not None:
+            assert default in valid, (cls.__name__, name, default, str(valid))
+
+
+def test_ranges_are_checked_for_flags_and_yaml_and_shown_by_help(tmp_path, capsys):
+    from posttrain.cli import print_help
+    from posttrain.config import RLHFConfig
+
+    with pytest.raises(ConfigError, match=r"^--lr: train.lr: -1.0 is out of range; it must be > 0\.$"):
+        load_config(SFTConfig, None, {"lr": "-1"})
+    with pytest.raises(ConfigError, match=r"--train.warmup_ratio: train.warmup_ratio: 1.5 is out of range; it must be in \[0, 1\]"):
+        load_config(SFTConfig, None, {"train.warmup_ratio": "1.5"})
+    with pytest.raises(ConfigError, match=r"--ppo.gamma: ppo.gamma: inf is out of range"):
+        load_config(RLHFConfig, None, {"ppo.gamma": "inf"})
+    assert load_config(SFTConfig, None, {"max_steps": "-1"}).train.max_steps == -1  # -1: use epochs
+    with pytest.raises(ConfigError, match=r"train.max_steps: 0 is out of range; it must be >= 1, or -1"):
+        load_config(SFTConfig, None, {"max_steps": "0"})
+    config_file = tmp_path / "rlhf.yaml"
+    config_file.write_text("ppo:\n  steps: 4\n  minibatch_size: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{config_file}, line 3: ppo.minibatch_size: 0 is out of range; it must be >= 1\.$"):
+        load_config(RLHFConfig, config_file)
+    print_help("sft")
+    printed = capsys.readouterr().out
+    assert "(default: 0.0002; > 0)" in printed and "(default: 0.05; in [0, 1))" in printed

@@ -1,8 +1,11 @@
 """What every training stage shares: trainer settings for the machine at hand, loading a model to
-train, resuming, and writing the finished checkpoint atomically."""
+train, the output folder's lock, resuming (only from a complete checkpoint, only with the saved run's
+settings), and writing the finished checkpoint atomically."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -22,8 +25,25 @@ from posttrain.models import (
     load_model,
     write_metadata,
 )
+from posttrain.run_folder import CHECKPOINTS, LOCK_FILE, SCRATCH, read_lock
 
-CHECKPOINTS = "checkpoints"  # resumable trainer states live here, under the output folder
+RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
+INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
+# settings a resumed run may change: they decide what is logged and saved, not what is trained
+FREE_ON_RESUME = {"resume", "output", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
+
+
+def kill_point(where: str) -> None:
+    """For tests only: kill this process with SIGKILL, as a preemption or the OOM killer would, when
+    ``$POSTTRAIN_TEST_KILL_AT`` names ``where``. Points: ``step-N`` (a TRL stage, after optimizer step N),
+    ``checkpoint-N`` (inside the write of checkpoint N, before the file that completes it) and ``final-move``
+    (halfway through moving a finished run's files into its output folder)."""
+    if os.environ.get(KILL_AT) == where:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StageError(RuntimeError):
@@ -86,16 +106,139 @@ def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, **e
     return cls(**shared, **extra)
 
 
-def resume_point(output: Path, resume: bool) -> str | None:
-    """The newest resumable checkpoint when ``resume`` is asked for; an error when there is none."""
-    if not resume:
-        return None
-    folder = output / CHECKPOINTS
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
-    if not found:
-        raise StageError(f"--resume: no checkpoint under {folder}. Run without --resume, or set train.save_steps so runs save checkpoints.")
-    log(f"resuming from {found[-1]}")
-    return str(found[-1])
+# ---------------------------------------------------------------------------------------------
+# The output folder: one writer at a time, checkpoints of one run
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def output_lock(output: Path, command: str = "") -> Iterator[None]:
+    """Hold ``output`` for this process while a stage writes it.
+
+    Fails at once, before any model loads, when the folder cannot be created or written, or when another
+    running posttrain process holds it. The lock is ``posttrain.lock`` with this process's id and ``command``
+    (the command line, so a refused unfinished folder can say how to resume it), under an advisory ``flock``
+    that the kernel releases when the holder dies: a lock file left by a killed run is taken over, with a message.
+    """
+    import fcntl
+    import socket
+    from datetime import datetime, timezone
+
+    created = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        lock = output / LOCK_FILE
+        while True:
+            handle = open(lock, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                holder = read_lock(output) or {}
+                raise StageError(f"{output} is being written by another posttrain run (process {holder.get('pid', '?')}"
+                                 f"{': ' + holder['command'] if holder.get('command') else ''}). Wait for it to finish, "
+                                 "or choose another --output.") from None
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # else the holder removed the file as we opened it: take the lock on a fresh one
+            handle.close()
+        handle.seek(0)
+        stale = handle.read().strip()
+        if stale:
+            left = read_lock(output) or {}
+            log(f"taking over {lock}: the run that held it (process {left.get('pid', '?')}) is no longer running")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        handle.flush()
+    except OSError as err:
+        raise StageError(f"cannot write to the output folder {output} ({err.strerror or err}). Choose a folder you can "
+                         "write with --output.") from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: a waiting process then takes a fresh file (see above)
+        handle.close()
+        if created and not any(output.iterdir()):
+            output.rmdir()  # a run that stopped before writing anything leaves no folder behind
+
+
+def checkpoint_folders(output: Path) -> list[Path]:
+    """The checkpoint folders under ``output``, whatever their state (not temporary or set-aside ones)."""
+    root = output / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", INCOMPLETE)))
+
+
+def check_start(output: Path, config: Any) -> None:
+    """Before a stage reads data or loads a model: ``--resume`` needs a checkpoint, of a run with the same settings
+    (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its checkpoints with an earlier run's."""
+    found = checkpoint_folders(output)
+    if config.resume and not found:
+        raise StageError(f"--resume: no checkpoint under {output / CHECKPOINTS}. Run without --resume to start, and set "
+                         "save_steps so the run saves checkpoints to resume from.")
+    if not config.resume and found:
+        status = "a finished run" if (output / METADATA_FILE).is_file() else "a run that did not finish"
+        raise StageError(f"{output / CHECKPOINTS} holds the checkpoints of {status} ({', '.join(p.name for p in found)}). "
+                         f"Continue it with --resume, or start fresh: choose another --output, or remove {output / CHECKPOINTS} first.")
+    record = output / CHECKPOINTS / RUN_SETTINGS
+    if config.resume and record.is_file():
+        check_resume_settings(json.loads(record.read_text()), run_settings(to_dict(config), process_count()), output / CHECKPOINTS)
+    elif config.resume:
+        log(f"WARNING: {record} is missing, so this resume cannot check that the settings match the saved run's")
+
+
+def save_run_settings(output: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of the run whose checkpoints are under ``output`` (atomically: a kill keeps the old file)."""
+    record = output / CHECKPOINTS / RUN_SETTINGS
+    record.parent.mkdir(parents=True, exist_ok=True)
+    scratch = record.with_name(f".{RUN_SETTINGS}.tmp")
+    scratch.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(scratch, record)
+
+
+def process_count() -> int:
+    """Processes in this run (``accelerate launch`` sets WORLD_SIZE), known before any of them starts a model."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the resolved config (a ``to_dict``), the
+    content hash of each data file, and the process count (it sets the batch each step sees)."""
+    from posttrain.lineage import hash_path
+
+    settings = _flat(config)
+    for key in ("data", "eval_data", "prompts"):
+        if settings.get(key) and Path(settings[key]).exists():
+            settings[f"{key} (content sha256)"] = hash_path(settings[key])
+    settings["processes"] = processes
+    return settings
+
+
+def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume from ``checkpoint`` (a checkpoint folder, or the checkpoints/ folder of a run) when the settings
+    differ from the saved run's, naming each differing key and how to start fresh. Both sides come from
+    :func:`run_settings`. Keys only one side records (a setting added to posttrain since) and :data:`FREE_ON_RESUME`
+    are not compared."""
+    changed = [f"  {key}: saved {saved[key]!r}, now {current[key]!r}"
+               for key in sorted(saved.keys() & current.keys() - FREE_ON_RESUME) if saved[key] != current[key]]
+    if changed:
+        folder = checkpoint if checkpoint.name == CHECKPOINTS else checkpoint.parent
+        raise StageError(f"--resume: the run saved in {checkpoint} had other settings, and a resumed run must keep them to "
+                         "end as that run would have. Differing:\n" + "\n".join(changed) + "\nResume with the saved "
+                         f"settings, or start fresh with these: run without --resume, with another --output or after "
+                         f"removing {folder}.")
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default", seed: int | None = None):
@@ -134,18 +277,25 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
     never leaves a folder that looks finished.
     """
     output.mkdir(parents=True, exist_ok=True)
-    scratch = output / ".writing"
+    (output / METADATA_FILE).unlink(missing_ok=True)  # first: from here on the folder is not a finished run
+    scratch = output / SCRATCH
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    (output / METADATA_FILE).unlink(missing_ok=True)
     try:
         yield scratch
         items = sorted(scratch.iterdir(), key=lambda p: p.name == METADATA_FILE)
-        for item in items:
+        for number, item in enumerate(items):
             target = output / item.name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
+            if number == len(items) // 2:
+                kill_point("final-move")  # test-only: a kill halfway through the move
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            raise StageError(f"the disk is full: writing the final files of {output} failed ({err.strerror}). Its "
+                             f"checkpoints are intact; free some space and run again with --resume.") from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

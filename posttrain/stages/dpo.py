@@ -29,10 +29,10 @@ from posttrain.stages.common import (
     load_trainable,
     log,
     report_trainable,
-    resume_point,
     save_stage_files,
     trl_config,
 )
+from posttrain.stages.trainer_run import resume_point, run_trainer
 
 # The losses trl.DPOTrainer (1.16) implements, by the names it takes; a comma list combines them (e.g. MPO).
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -163,6 +163,7 @@ class DPOSetup:
     reference: str  # what the reference is, in words
     recorder: MetricsRecorder
     counts: dict[str, Any]
+    resume_from: str | None = None  # the checkpoint to resume from
 
 
 def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
@@ -171,12 +172,13 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     train = config.train
     losses = loss_types(config.loss_type)
 
-    # 1. read and validate the data before any model is loaded
+    # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     table = load_preferences(config.data)
     rows = [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in table.rows]
     if "margin" in table.rows[0]:
         log("the data has per-pair margins; DPO does not use them (they are for `posttrain rm`)")
     train_rows, held_rows = split_holdout(rows, train.eval_split, train.seed)
+    resume_from = resume_point(config)
 
     # 2. policy and reference on one copy of the base weights
     if is_adapter_folder(config.model):
@@ -221,7 +223,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         trainer.add_callback(ReferenceKLCallback(kl_batches(held_rows[:KL_ROWS], tokenizer, train.max_length), recorder))
     counts = {"pairs": len(rows), "pairs_over_max_length": over, "pairs_prompt_fills_max_length": prompt_full,
               "train_pairs": len(train_rows), "heldout_pairs": len(held_rows)}
-    return DPOSetup(trainer, tokenizer, base_name, reference, recorder, counts)
+    return DPOSetup(trainer, tokenizer, base_name, reference, recorder, counts, resume_from)
 
 
 def run_dpo(config: DPOConfig) -> Path:
@@ -232,7 +234,7 @@ def run_dpo(config: DPOConfig) -> Path:
     params = report_trainable(trainer.model)
 
     # 4. train, then a last evaluation on the held-out pairs
-    result = trainer.train(resume_from_checkpoint=resume_point(output, config.resume))
+    result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
     losses = [h["loss"] for h in recorder.history if "loss" in h]
     if losses:

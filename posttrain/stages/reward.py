@@ -25,11 +25,11 @@ from posttrain.stages.common import (
     finished_checkpoint,
     log,
     report_trainable,
-    resume_point,
     save_stage_files,
     trl_config,
 )
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
+from posttrain.stages.trainer_run import resume_point, run_trainer
 
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
 
@@ -193,6 +193,7 @@ class RewardSetup:
     held_pairs: PairIds
     recorder: MetricsRecorder
     counts: dict[str, Any]
+    resume_from: str | None = None  # the checkpoint to resume from
 
 
 def build_reward_trainer(config: RewardConfig) -> RewardSetup:
@@ -200,9 +201,10 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     require(config, "data", "output")
     train = config.train
 
-    # 1. read and validate the data before any model is loaded
+    # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     table = load_preferences(config.data)
     train_rows, held_rows = split_holdout(table.rows, train.eval_split, train.seed)
+    resume_from = resume_point(config)
 
     # 2. base model with a scalar head; LoRA on the body
     model, tokenizer, base_name = build_model(config.model, config.lora, train.seed)
@@ -231,7 +233,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     )
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
-    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts)
+    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from)
 
 
 def run_reward(config: RewardConfig) -> Path:
@@ -242,7 +244,7 @@ def run_reward(config: RewardConfig) -> Path:
     params = report_trainable(trainer.model)
 
     # 4. train
-    result = trainer.train(resume_from_checkpoint=resume_point(output, config.resume))
+    result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
     losses = [h["loss"] for h in recorder.history if "loss" in h]
     if losses:

@@ -31,7 +31,7 @@ from posttrain.config import ConfigError, RLHFConfig, require, to_dict
 from posttrain.data import load_prompts, split_holdout
 from posttrain.models import resolve_model
 from posttrain.rl import AdaptiveKLController, FixedKLController, RunningMoments, explained_variance, masked_mean
-from posttrain.stages.common import StageError, log
+from posttrain.stages.common import StageError, check_start, log
 from posttrain.stages.rlhf_monitor import Collective, Guard, HeldOut, Stops, evaluate_heldout
 from posttrain.stages.rlhf_report import sample_rows, save_best, write_final
 from posttrain.stages.rlhf_rewards import load_reward_functions, reward_sources, source_weights
@@ -168,6 +168,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     """
     plan = check_config(config)
     output = Path(config.output)
+    check_start(output, config)  # --resume needs a checkpoint of the same settings; a fresh start an empty folder
     table = load_prompts(config.prompts)  # validated, and the reward functions checked against it, before any model loads
     functions = load_reward_functions(config, set().union(*(r.keys() for r in table.rows)), config.prompts)
     source_weights(config, int(bool(config.reward_model)) + len(functions))  # a wrong count fails now, not after loading

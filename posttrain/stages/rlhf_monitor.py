@@ -101,7 +101,8 @@ class Guard:
             found = self.checkpoints(self.output)
             keep = f"The last good checkpoint is {found[-1]}; " if found else "No checkpoint was saved yet; "
             raise StageError(f"{what} became NaN or infinite at step {self.step + 1}{where}. {keep}lower --ppo.lr, raise "
-                             "--ppo.kl_coef, or set --ppo.reward_clip, then run again with --resume.")
+                             "--ppo.kl_coef, or set --ppo.reward_clip, then start a new run (another --output): "
+                             "--resume continues only with the saved settings.")
 
 
 @torch.no_grad()

@@ -15,10 +15,10 @@ from posttrain.stages.common import (
     load_trainable,
     log,
     report_trainable,
-    resume_point,
     save_stage_files,
     trl_config,
 )
+from posttrain.stages.trainer_run import resume_point, run_trainer
 
 
 def run_sft(config: SFTConfig) -> Path:
@@ -32,7 +32,7 @@ def run_sft(config: SFTConfig) -> Path:
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     table = load_sft(config.data)
     eval_table = load_sft(config.eval_data) if config.eval_data else None
-    resume_from = resume_point(output, config.resume)
+    resume_from = resume_point(config)
 
     # 2. model with a LoRA adapter, tokenizer with a chat template (seeded first: LoRA A starts random)
     model, tokenizer, base_name = load_trainable(config.model, config.lora, seed=train.seed)
@@ -63,7 +63,7 @@ def run_sft(config: SFTConfig) -> Path:
     )
 
     # 4. train
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = run_trainer(trainer, output, resume_from)
     final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
              "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
     losses = [h["loss"] for h in recorder.history if "loss" in h]

@@ -166,9 +166,10 @@ def test_held_out_evaluation_keeps_the_best_policy_and_an_early_stop_ends_the_ru
 
     records = []
     out = run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "out", **{
-        "ppo.steps": 4, "eval.share": 0.25, "eval.every": 1, "stop.kl_above": 1e-9}),
+        "ppo.steps": 4, "eval.share": 0.25, "eval.every": 1, "stop.kl_above": 1e-9, "ppo.kl_estimator": "k3"}),
         on_step=lambda roles, record: records.append(record))
-    # step 1: KL is exactly 0 (policy = reference); step 2 has moved, past the tiny threshold: the run ends there
+    # step 1: KL is exactly 0 (policy = reference); step 2 has moved, and k3 (never negative, unlike k1) is past the
+    # tiny threshold: the run ends there
     assert [r["step"] for r in records] == [1, 2]
     assert all("eval_reward" in r and "eval_reward_model" in r for r in records)
     final = json.loads((out / "metrics.json").read_text())["final"]

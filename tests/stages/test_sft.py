@@ -138,17 +138,26 @@ def test_same_seed_same_adapter_and_epochs_set_the_steps(tiny_model_dir, tmp_pat
         torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0)
 
 
-def test_save_steps_then_resume(tiny_model_dir, tmp_path, capsys):
+def test_save_steps_then_resume(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from posttrain.stages.trainer_run import RunGuard
+
     data = write_rows(tmp_path / "rows.jsonl", 12)
     with pytest.raises(StageError, match="no checkpoint under"):
         sft_stage.run_sft(sft_config(tmp_path, tiny_model_dir, data, resume=True))
 
-    first = sft_stage.run_sft(sft_config(tmp_path, tiny_model_dir, data, **{"train.max_steps": 2, "train.save_steps": 2}))
-    assert (first / "checkpoints" / "checkpoint-2").is_dir()
+    def interrupt_after_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt  # Ctrl-C between checkpoints
+    monkeypatch.setattr(RunGuard, "on_step_end", interrupt_after_step_3)
+    settings = {"train.max_steps": 4, "train.save_steps": 2}
+    with pytest.raises(KeyboardInterrupt):
+        sft_stage.run_sft(sft_config(tmp_path, tiny_model_dir, data, **settings))
+    first = tmp_path / "out"
+    assert (first / "checkpoints" / "checkpoint-2").is_dir() and not (first / "posttrain.json").exists()
+    monkeypatch.undo()
     capsys.readouterr()
 
-    output = sft_stage.run_sft(sft_config(tmp_path, tiny_model_dir, data, resume=True,
-                                          **{"train.max_steps": 4, "train.save_steps": 2}))
+    output = sft_stage.run_sft(sft_config(tmp_path, tiny_model_dir, data, resume=True, **settings))
     printed = "".join(capsys.readouterr())
     assert f"resuming from {first / 'checkpoints' / 'checkpoint-2'}" in printed
     metrics = json.loads((output / "metrics.json").read_text())
