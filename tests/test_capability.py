@@ -355,3 +355,72 @@ def test_lm_eval_runs_an_adapter_checkpoint_and_agrees_with_our_zero_shot_scores
     micro = {m: sum(s[m] * s["questions"] for s in ours["subjects"].values()) / ours["questions"] for m in ("acc", "acc_norm")}
     assert theirs["acc,none"] == pytest.approx(micro["acc"]) and theirs["acc_norm,none"] == pytest.approx(micro["acc_norm"])
     assert micro["acc"] != micro["acc_norm"]  # the two metrics disagree here, so both definitions are checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines: the capability section of the report
+# ---------------------------------------------------------------------------------------------
+
+TINY_SFT_DPO = """\
+output: OUT
+model: MODEL
+stages:
+  sft:
+    kind: sft
+    data: SAMPLES/sft_sharegpt.jsonl
+    lora: {r: 4, alpha: 8}
+    train: {max_steps: 2, batch_size: 2, lr: 1.0e-2}
+  dpo:
+    kind: dpo
+    model: ${sft}
+    data: SAMPLES/preferences_implicit.jsonl
+    train: {max_steps: 2, batch_size: 2, eval_split: 0, lr: 1.0e-2}
+  merge: {kind: merge, model: "${dpo}"}
+report: {benchmark: BENCHMARK, shots: 1, max_questions: 4}
+"""
+
+
+def test_a_pipeline_report_scores_the_base_and_each_stage_and_caches_the_scores(tmp_path, tiny_model_dir, small_benchmark,
+                                                                                monkeypatch):
+    import posttrain.capability_report
+    from posttrain.pipeline import pipeline_main, read_manifest
+
+    scored: list[str] = []
+    original = posttrain.capability_report.score_model
+
+    def spy(name, *args, **kwargs):
+        scored.append(kwargs.get("label", ""))
+        return original(name, *args, **{**kwargs, "precision": "fp32"})
+
+    monkeypatch.setattr(posttrain.capability_report, "score_model", spy)
+    out = tmp_path / "out"
+    path = tmp_path / "p.yaml"
+    path.write_text(TINY_SFT_DPO.replace("OUT", str(out)).replace("MODEL", str(tiny_model_dir))
+                    .replace("SAMPLES", str(REPO / "data_samples")).replace("BENCHMARK", str(small_benchmark)))
+    pipeline_main([str(path)])
+    assert scored == ["base", "sft", "dpo"]  # the merge stage holds the dpo adapter's weights: not scored twice
+    report = (out / "report.md").read_text()
+    section = report.split("## Capability: k-shot multiple choice")[1]
+    assert "| subject | questions | chance | base acc | base acc_norm | sft acc | sft acc_norm | dpo acc | dpo acc_norm |" in section
+    assert "| model | acc - base | acc_norm - base |" in section and "| sft | " in section and "| dpo | " in section
+    cached = read_manifest(out)["capability"]
+    assert set(cached) == {"base", "sft", "dpo"} and len(cached["sft"]["scores"]["acc"]) == 4
+
+    # nothing changed: the scores come from the manifest; a changed stage is scored again, and what follows it
+    scored.clear()
+    pipeline_main([str(path)])
+    assert scored == [] and (out / "report.md").read_text().split("## Capability")[1] == report.split("## Capability")[1]
+    pipeline_main([str(path), "--dpo.beta", "0.3"])
+    assert scored == ["dpo"]
+
+
+def test_a_pipeline_with_a_bad_benchmark_fails_before_training(tmp_path, tiny_model_dir):
+    from posttrain.config import ConfigError
+    from posttrain.pipeline import load_pipeline
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [mc("Fine?", ["yes", "no"], 0), mc("Q?", ["a"], 0)])
+    path = tmp_path / "p.yaml"
+    path.write_text(TINY_SFT_DPO.replace("OUT", str(tmp_path / "out")).replace("MODEL", str(tiny_model_dir))
+                    .replace("SAMPLES", str(REPO / "data_samples")).replace("BENCHMARK", str(bad)))
+    with pytest.raises(ConfigError, match=f"p.yaml, line 15: report.benchmark: {bad}, line 2: field 'choices' must be a list of at least 2"):
+        load_pipeline(path)
