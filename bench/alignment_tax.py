@@ -4,9 +4,10 @@
     python bench/alignment_tax.py --sft runs/sft --dpo runs/dpo --ppo runs/ppo   # score existing checkpoints instead
     python bench/alignment_tax.py --sft runs/sft --rm runs/rm      # reuse some stages, train the others
 
-Training runs the project's own commands (``python -m posttrain.cli sft|rm|dpo|rlhf``) with the step counts
-below (``--*-steps`` to change them): SFT one epoch of data_samples/sft_messages.jsonl; a reward model; DPO
-continuing the SFT adapter; PPO from the SFT adapter against the reward model. DPO and PPO both start from
+Training runs the project's own commands (``python -m posttrain.cli sft|rm|dpo|rlhf``) with short runs
+(``--sft-steps 30 --rm-steps 20 --dpo-steps 20 --ppo-steps 10`` by default; ``--sft-steps -1`` is a full epoch):
+SFT on data_samples/sft_messages.jsonl; a reward model on data_samples/preferences.jsonl; DPO continuing the
+SFT adapter on the same pairs; PPO from the SFT adapter against the reward model on data_samples/prompts.jsonl. DPO and PPO both start from
 SFT, so "DPO" and "PPO" below are SFT+DPO and SFT+PPO. Every model is then scored on the same questions
 (posttrain.capability_report.score_model, as ``posttrain eval --benchmark`` scores them) and compared with
 the base by a paired bootstrap.
@@ -33,7 +34,7 @@ SAMPLES = REPO / "data_samples"
 
 
 def train_commands(args, out: Path) -> dict[str, list[str]]:
-    """The ``posttrain`` command of each stage to train (short runs; the numbers are in README)."""
+    """The ``posttrain`` command of each stage to train (the PPO settings are the README's PPO demo's)."""
     sft, rm = args.sft or str(out / "sft"), args.rm or str(out / "rm")
     return {
         "sft": ["sft", "--model", args.base, "--data", str(SAMPLES / "sft_messages.jsonl"), "--output", str(out / "sft"),
@@ -84,10 +85,10 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--max-questions", type=int, default=0, help="0: every scored question")
     parser.add_argument("--mc-format", default="cloze", choices=["cloze", "letters"])
-    parser.add_argument("--sft-steps", type=int, default=-1, help="-1: one epoch")
+    parser.add_argument("--sft-steps", type=int, default=30, help="-1: one epoch (57 steps)")
     parser.add_argument("--rm-steps", type=int, default=20)
-    parser.add_argument("--dpo-steps", type=int, default=24)
-    parser.add_argument("--ppo-steps", type=int, default=12)
+    parser.add_argument("--dpo-steps", type=int, default=20)
+    parser.add_argument("--ppo-steps", type=int, default=10)
     parser.add_argument("--results", default=str(HERE / "results" / "alignment_tax.json"))
     args = parser.parse_args()
 

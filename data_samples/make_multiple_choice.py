@@ -268,8 +268,16 @@ def main():
     rng = random.Random(SEED)
     rows = []
     for make in SUBJECTS:
-        for i, row in enumerate(make(rng)):
-            rows.append({**row, "split": "dev" if i < DEV else "test"})
+        made = make(rng)
+        # the right answer at each position equally often (a model that favours one letter gains nothing)
+        dev, test = [i % 4 for i in range(DEV)], [i % 4 for i in range(len(made) - DEV)]
+        rng.shuffle(dev)
+        rng.shuffle(test)
+        positions = dev + test
+        for i, (row, position) in enumerate(zip(made, positions)):
+            choices = row["choices"]
+            choices[row["answer"]], choices[position] = choices[position], choices[row["answer"]]
+            rows.append({**row, "answer": position, "split": "dev" if i < DEV else "test"})
     path = os.path.join(HERE, "multiple_choice.jsonl")
     with open(path, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
