@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data import DataError, read_rows
 
 MC_FORMATS = """\
@@ -206,6 +207,53 @@ def _common_prefix(sequences: list[list[int]]) -> int:
     return length
 
 
+def _batches(rows: list[tuple], shared: int) -> list[list[tuple]]:
+    """Consecutive runs of rows, each as many as fit (prefix + widest row) x rows <= TOKENS_PER_BATCH."""
+    batches, batch, width = [], [], 0
+    for row in rows:
+        wider = max(width, len(row[2]))
+        if batch and (shared + wider) * (len(batch) + 1) > TOKENS_PER_BATCH:
+            batches.append(batch)
+            batch, wider = [], len(row[2])
+        batch.append(row)
+        width = wider
+    return batches + [batch]
+
+
+def _batch_loglikelihoods(model, pad_id: int, cache, shared: int, batch: list[tuple]) -> list[float]:
+    """log p(continuation | context) of each row (r, c, tokens = rest of context + continuation, n continuation
+    tokens), all after the same ``shared`` prefix tokens whose KV cache is ``cache`` (None when shared is 0).
+
+    Rows are left-padded, so every continuation ends at the last column and only the last (longest
+    continuation + 1) columns need the vocabulary projection; position ids are given, so padding does not
+    shift a row's positions."""
+    device = next(model.parameters()).device
+    width = max(len(tokens) for _, _, tokens, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.full((len(batch), width), shared, dtype=torch.long)
+    mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for i, (_, _, tokens, _) in enumerate(batch):
+        pad = width - len(tokens)
+        ids[i, pad:] = torch.tensor(tokens)
+        positions[i, pad:] = torch.arange(shared, shared + len(tokens))
+        mask[i, shared + pad:] = 1
+    past = None
+    if cache is not None:
+        past = copy.deepcopy(cache)  # the forward pass appends to it
+        past.batch_repeat_interleave(len(batch))
+    keep = max(n for *_, n in batch) + 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                   past_key_values=past, use_cache=past is not None, logits_to_keep=keep).logits.float()
+    logprobs = torch.log_softmax(logits, -1)  # (rows, keep, vocab): column k holds position width - keep + k
+    out = []
+    for i, (_, _, tokens, n) in enumerate(batch):
+        # the n continuation tokens fill the last n columns; each is predicted by the column before it
+        targets = torch.tensor(tokens[-n:], device=logits.device)
+        out.append(logprobs[i, keep - n - 1:keep - 1].gather(-1, targets[:, None]).sum().item())
+    return out
+
+
 @torch.no_grad()
 def choice_loglikelihoods(model, tokenizer, requests: list[tuple[str, list[str]]], groups: list[str] | None = None,
                           progress: str = "") -> list[list[float]]:
@@ -213,66 +261,36 @@ def choice_loglikelihoods(model, tokenizer, requests: list[tuple[str, list[str]]
 
     Requests of one group (a subject: the same header and shots) share the token prefix of their contexts:
     it runs once, its KV cache is repeated for a batch of rows, and each row is only the rest of its context
-    plus one continuation, right-padded. A request's numbers are those of a plain forward pass of its context
-    and continuation tokens (tested)."""
+    plus one continuation. A request's numbers are those of a plain forward pass of its context and
+    continuation tokens (tested)."""
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
     encoded = []  # (request, choice, context ids, continuation ids)
     for r, (context, continuations) in enumerate(requests):
         for c, continuation in enumerate(continuations):
             context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-            if not continuation_ids:
-                raise ValueError(f"choice {continuation!r} tokenises to nothing after its context.")
+            if not continuation_ids:  # the tokeniser merged the choice into its context: nothing to score
+                raise ConfigError(f"choice {continuation.strip()!r} adds no tokens after its prompt; it cannot be scored.")
             encoded.append((r, c, context_ids, continuation_ids))
     by_group: dict[str, list[tuple]] = {}
     for item in encoded:
         by_group.setdefault(groups[item[0]] if groups else "", []).append(item)
     limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(ids) + len(cont) for *_, ids, cont in encoded)
+    if limit and longest > limit:
+        raise ConfigError(f"a k-shot prompt and its choice take {longest} tokens, more than the model's {limit}; lower --shots.")
     out = [[0.0] * len(continuations) for _, continuations in requests]
     bar = tqdm(total=len(encoded), desc=progress or "scoring choices", unit="choice", disable=not progress)
     for items in by_group.values():
-        # the prefix every row shares, at least one context token short of the shortest context
-        shared = min(_common_prefix([ids for _, _, ids, _ in items]), min(len(ids) for _, _, ids, _ in items) - 1)
-        prefix = torch.tensor([items[0][2][:shared]], device=device)
+        # the prefix all of the group's contexts share, at least one token short of the shortest
+        shared = min(_common_prefix([ids for *_, ids, _ in items]), min(len(ids) for *_, ids, _ in items) - 1)
+        prefix = torch.tensor([items[0][2][:shared]], device=next(model.parameters()).device)
         cache = model(input_ids=prefix, use_cache=True).past_key_values if shared > 0 else None
         rows = [(r, c, ids[shared:] + cont, len(cont)) for r, c, ids, cont in items]
-        start = 0
-        while start < len(rows):
-            width, end = 0, start
-            while end < len(rows):
-                wider = max(width, len(rows[end][2]))
-                if end > start and (shared + wider) * (end - start + 1) > TOKENS_PER_BATCH:
-                    break
-                width, end = wider, end + 1
-            batch = rows[start:end]
-            if limit and shared + width > limit:
-                raise ValueError(f"a prompt of {shared + width} tokens is longer than the model's {limit}; lower --shots.")
-            # left padding, so every row's continuation ends at the last column and only the last
-            # (longest continuation + 1) columns need the vocabulary projection
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-            positions = torch.full((len(batch), width), shared, dtype=torch.long)
-            mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
-            mask[:, :shared] = 1
-            for i, (_, _, tokens, _) in enumerate(batch):
-                pad = width - len(tokens)
-                ids[i, pad:] = torch.tensor(tokens)
-                positions[i, pad:] = torch.arange(shared, shared + len(tokens))
-                mask[i, shared + pad:] = 1
-            past = None
-            if cache is not None:
-                past = copy.deepcopy(cache)  # the forward pass appends to it
-                past.batch_repeat_interleave(len(batch))
-            keep = max(n for *_, n in batch) + 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                           past_key_values=past, use_cache=past is not None, logits_to_keep=keep).logits.float()
-            logprobs = torch.log_softmax(logits, -1)  # (rows, keep, vocab): column k holds position width - keep + k
-            for i, (r, c, tokens, n) in enumerate(batch):
-                # continuation token j (of n) is predicted by the column before it
-                targets = torch.tensor(tokens[-n:], device=logits.device)
-                out[r][c] = logprobs[i, keep - n - 1:keep - 1].gather(-1, targets[:, None]).sum().item()
+        for batch in _batches(rows, shared):
+            for (r, c, _, _), value in zip(batch, _batch_loglikelihoods(model, tokenizer.pad_token_id or 0, cache, shared, batch)):
+                out[r][c] = value
             bar.update(len(batch))
-            start = end
     bar.close()
     return out
 
