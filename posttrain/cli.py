@@ -114,7 +114,7 @@ COMMANDS: dict[str, Command] = {
                     _stage("posttrain.stages.rlhf", "run_rlhf")),
     "pipeline": Command("run a pipelines/*.yaml file (SFT -> RM -> PPO, SFT -> DPO)", lambda: None,
                         _lazy("posttrain.pipeline", "pipeline_main"), raw=True),
-    "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples",
+    "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples, k-shot capability",
                     _lazy("posttrain.config", "EvalConfig"), _lazy("posttrain.evaluate", "run_eval")),
     "chat": Command("talk to a model or checkpoint", _lazy("posttrain.chat", "ChatConfig"),
                     _lazy("posttrain.chat", "run_chat"), positional="model"),

@@ -281,6 +281,13 @@ class EvalConfig:
     max_new_tokens: int = doc(64, "Longest response in tokens.", valid=AT_LEAST_1)
     temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).", valid=NON_NEGATIVE)
     seed: int = doc(0, "Random seed.", valid=SEED)
+    benchmark: str = doc("", "Multiple-choice rows (question, choices, answer, subject) for k-shot capability (README: Capability).")
+    benchmark_dev: str = doc("", "File of dev rows for the shots (default: the benchmark's split 'dev' rows, else the first k of each subject).")
+    shots: int = doc(5, "Solved dev questions of the same subject before each question (--benchmark and --lm_eval).", valid=NON_NEGATIVE)
+    mc_format: Literal["cloze", "letters"] = doc("cloze", "Score each choice's text ('cloze'), or list the choices as A., B., ... and score the letter ('letters', MMLU's layout).")
+    mc_precision: Literal["auto", "bf16", "fp32"] = doc("auto", "Weights for capability scoring: 'auto' is bf16 where bf16 products are fast (GPU, CPU with AVX512-BF16/AMX), else fp32.")
+    max_questions: int = doc(0, "Score at most this many benchmark questions, taken in turn from each subject (0: all); also lm-eval's limit per task.", valid=NON_NEGATIVE)
+    lm_eval: str = doc("", "Comma-separated lm-evaluation-harness tasks to run on the model too (needs pip install 'posttrain[lm_eval]' and its datasets).")
 
 
 STAGE_ALIASES = {

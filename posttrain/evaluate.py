@@ -222,14 +222,16 @@ def default_output(model: str) -> Path:
 def run_eval(config: EvalConfig) -> Path:
     """Evaluate ``config.model`` (against ``config.baseline``) as the module docstring says; returns the report folder."""
     require(config, "model")
-    if not config.prompts and not config.data:
-        raise ConfigError("give --prompts FILE (generate and compare responses) and/or --data PREFS (pairwise accuracy).")
+    measures_capability = bool(config.benchmark or config.lm_eval)
+    if not config.prompts and not config.data and not measures_capability:
+        raise ConfigError("give --prompts FILE (generate and compare responses), --data PREFS (pairwise accuracy), "
+                          "--benchmark FILE (k-shot multiple choice) and/or --lm_eval TASKS.")
     model_is_rm = read_metadata(config.model).get("stage") in ("rm", "reward")
-    if model_is_rm and config.prompts:
-        raise ConfigError(f"--model {config.model} is a reward model: it cannot answer --prompts. Pass it as --reward-model "
+    if model_is_rm and (config.prompts or measures_capability):
+        raise ConfigError(f"--model {config.model} is a reward model: it cannot answer --prompts or a benchmark. Pass it as --reward-model "
                           "with a policy as --model, or give only --data to measure its accuracy.")
-    if config.baseline and not config.prompts:
-        raise ConfigError("--baseline is compared on generated responses: give --prompts too.")
+    if config.baseline and not config.prompts and not measures_capability:
+        raise ConfigError("--baseline is compared on generated responses or a benchmark: give --prompts or --benchmark too.")
     # 1. read the data (and import the reward functions) before any model loads
     prompt_rows = load_prompts(config.prompts).rows[:config.max_prompts] if config.prompts else []
     prompts = [r["prompt"] for r in prompt_rows]
@@ -237,6 +239,10 @@ def run_eval(config: EvalConfig) -> Path:
     for fn in functions:
         fn.check_columns(set().union(*(r.keys() for r in prompt_rows)) if prompt_rows else set(), config.prompts)
     pairs = load_preferences(config.data).rows[:config.max_prompts] if config.data else []
+    if config.benchmark:
+        from posttrain.capability import load_benchmark
+
+        load_benchmark(config.benchmark, config.shots, config.benchmark_dev, config.max_questions)  # a bad row fails now
     output = Path(config.output) if config.output else default_output(config.model)
     summary: dict[str, Any] = {"model": config.model, "baseline": config.baseline or None}
     rows: list[dict[str, Any]] = []
@@ -267,18 +273,29 @@ def run_eval(config: EvalConfig) -> Path:
         if not model_is_rm:
             summary.update({f"policy_{k}": v for k, v in implicit_reward_accuracy(config.model, pairs).items()})
 
-    # 4. write: metrics, samples, report page; posttrain.json last marks the report finished
+    # 4. capability: k-shot multiple choice (posttrain/capability.py) and lm-evaluation-harness tasks
+    capability_blocks, capability = [], {}
+    if measures_capability:
+        from posttrain.capability_report import run_evaluation_capability
+
+        summary_part, capability_blocks, capability = run_evaluation_capability(config)
+        summary.update(summary_part)
+
+    # 5. write: metrics, samples, report page; posttrain.json last marks the report finished
     from posttrain.report import write_metrics, write_report_page
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "posttrain.json").unlink(missing_ok=True)
-    write_metrics(output, summary, [])
+    write_metrics(output, summary, [], **({"capability": capability} if capability else {}))
     (output / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     blocks: list[tuple[str, Any]] = [
         ("p", f"posttrain eval --model {config.model}" + (f" --baseline {config.baseline}" if config.baseline else "")
-         + (f" --reward-model {config.reward_model}" if config.reward_model else "")),
+         + (f" --reward-model {config.reward_model}" if config.reward_model else "")
+         + (f" --benchmark {config.benchmark} --shots {config.shots}" if config.benchmark else "")
+         + (f" --lm_eval {config.lm_eval}" if config.lm_eval else "")),
         ("table", (["metric", "value"], [[k, v] for k, v in summary.items() if v is not None])),
     ]
+    blocks += capability_blocks
     if rows:
         blocks += [("h2", "Samples"), ("p", f"{'Greedy' if config.temperature == 0 else 'Sampled'} responses, at most "
                                             f"{config.max_new_tokens} new tokens; all rows are in samples.jsonl."),

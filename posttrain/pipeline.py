@@ -8,7 +8,7 @@ A pipeline file::
       sft:   {kind: sft, data: data_samples/sft_messages.jsonl, train: {max_length: 256}}
       dpo:   {kind: dpo, model: ${sft}, data: data_samples/preferences.jsonl}
       merge: {kind: merge, model: ${dpo}}
-    report: {prompts: data_samples/prompts.jsonl, samples: 6}
+    report: {prompts: data_samples/prompts.jsonl, samples: 6, benchmark: data_samples/multiple_choice.jsonl, max_questions: 100}
 
 Each stage is a ``kind`` (a ``posttrain`` command: sft, rm, dpo, rlhf, merge, eval) and the keys of that
 command's config; the runner builds the same config object the command line builds and calls the same stage
@@ -221,6 +221,40 @@ def _report_samples(pipeline: Pipeline, manifest: dict) -> tuple[list[str], list
     return list(models), rows, reward_model
 
 
+def capability_models(pipeline: Pipeline) -> dict[str, str]:
+    """The base and every stage that makes a model, for the capability section; a merge stage is left out
+    (its weights are the adapter it merged, scored already)."""
+    models = {"base": pipeline.model}
+    for stage in pipeline.stages:
+        if KINDS[stage.kind].makes in ("adapter", "model") and stage.kind != "merge":
+            models[stage.name] = str(stage.output)
+    return models
+
+
+def _report_capability(pipeline: Pipeline, manifest: dict) -> list[tuple[str, Any]]:
+    """The capability section: base vs each stage on report.benchmark; each model's scores are cached in the
+    manifest until the model or the benchmark settings change."""
+    from posttrain.capability import Scores, load_benchmark
+    from posttrain.capability_report import capability_blocks, score_model
+
+    report = pipeline.report
+    if not report.benchmark:
+        return []
+    benchmark = load_benchmark(report.benchmark, report.shots, max_questions=report.max_questions)
+    settings = {"benchmark": hash_path(report.benchmark), "shots": report.shots, "max_questions": report.max_questions}
+    by_output = {str(s.output): manifest["stages"].get(s.name, {}).get("output_hash") for s in pipeline.stages}
+    cache = manifest.setdefault("capability", {})
+    results = {}
+    for label, name in capability_models(pipeline).items():
+        key = digest({**settings, "model": by_output.get(name, name)})
+        if cache.get(label, {}).get("key") != key:
+            scores = score_model(name, benchmark, label=label).to_dict()
+            scores["loglikelihoods"] = []  # the manifest keeps what the report needs
+            cache[label] = {"key": key, "model": name, "scores": scores}
+        results[label] = Scores(**cache[label]["scores"])
+    return capability_blocks(benchmark, report.shots, "cloze", results, reference="base")
+
+
 def write_pipeline_report(pipeline: Pipeline, manifest: dict, plan: dict[str, str]) -> list[Path]:
     """report.md and report.html in the pipeline folder: stages, their plots and metrics, side-by-side samples."""
     from posttrain.evaluate import sample_table
@@ -247,4 +281,5 @@ def write_pipeline_report(pipeline: Pipeline, manifest: dict, plan: dict[str, st
                    ("p", f"Greedy responses (at most {pipeline.report.max_new_tokens} new tokens) of {', '.join(labels)} "
                          f"to the first {len(rows)} prompts of {pipeline.report.prompts}{judged}."),
                    ("table", sample_table(rows, labels))]
+    blocks += _report_capability(pipeline, manifest)
     return write_report_page(pipeline.output, "report", f"posttrain pipeline {pipeline.file.name}", blocks)

@@ -48,6 +48,9 @@ class ReportSection:
     prompts: str = doc("", "Prompt file for the side-by-side samples of the base, SFT and final models (empty: none).")
     samples: int = doc(6, "How many prompts each model answers in the report.", valid=NON_NEGATIVE)
     max_new_tokens: int = doc(64, "Longest sampled response in tokens (greedy decoding).", valid=AT_LEAST_1)
+    benchmark: str = doc("", "Multiple-choice file: the report's capability section scores the base and every stage on it (empty: none).")
+    shots: int = doc(5, "Shots per benchmark question (from its dev split, as posttrain eval --benchmark).", valid=NON_NEGATIVE)
+    max_questions: int = doc(0, "Score at most this many benchmark questions, taken in turn from each subject (0: all).", valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -168,6 +171,14 @@ def load_pipeline(file: str | Path, overrides: dict[str, Any] | None = None) -> 
     apply_mapping(report, report_overrides, "--report")
     if report.prompts and not Path(report.prompts).exists():
         raise ConfigError(f"{at('report', 'prompts')}: report.prompts: {report.prompts} does not exist.")
+    if report.benchmark:  # read it now: a bad row fails before any training starts
+        from posttrain.capability import load_benchmark
+        from posttrain.data import DataError
+
+        try:
+            load_benchmark(report.benchmark, report.shots, max_questions=report.max_questions)
+        except DataError as err:
+            raise ConfigError(f"{at('report', 'benchmark')}: report.benchmark: {err}") from None
     return Pipeline(file, output, model, stages, report)
 
 
