@@ -79,6 +79,8 @@ COMMANDS: dict[str, Command] = {
                    _lazy("posttrain.stages.dpo", "run_dpo")),
     "rlhf": Command("PPO against a reward model under a KL leash", _lazy("posttrain.config", "RLHFConfig"),
                     _lazy("posttrain.stages.rlhf", "run_rlhf")),
+    "plan": Command("the memory a training stage will need on this device, before anything loads", lambda: None,
+                    _lazy("posttrain.plan", "plan_main"), raw=True),
     "pipeline": Command("run a pipelines/*.yaml file (SFT -> RM -> PPO, SFT -> DPO)", lambda: None,
                         _lazy("posttrain.pipeline", "pipeline_main"), raw=True),
     "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples",

@@ -9,14 +9,18 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.memory import check_quantization
+from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     finished_checkpoint,
+    gradient_checkpointing,
     load_trainable,
     log,
     report_trainable,
     resume_point,
     save_stage_files,
+    trainer_placement,
     trl_config,
 )
 
@@ -30,15 +34,13 @@ def run_sft(config: SFTConfig) -> Path:
     train = config.train
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
+    check_quantization(train.quantization)
     table = load_sft(config.data)
     eval_table = load_sft(config.eval_data) if config.eval_data else None
     resume_from = resume_point(output, config.resume)
 
-    # 2. model with a LoRA adapter, tokenizer with a chat template (seeded first: LoRA A starts random)
-    model, tokenizer, base_name = load_trainable(config.model, config.lora, seed=train.seed)
-    params = report_trainable(model)
-
-    # 3. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
+    # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
+    tokenizer = model_tokenizer(config.model)
     tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on)
     rows = tokenised.rows
     if eval_table is not None:
@@ -50,8 +52,15 @@ def run_sft(config: SFTConfig) -> Path:
             f"{tokenised.dropped} of them kept no assistant token and were left out. Raise --train.max_length to keep them.")
     log(f"{len(rows)} training rows, {len(held)} held out")
 
-    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), packing=config.packing,
-                      padding_free=config.packing, completion_only_loss=False, assistant_only_loss=False)
+    # 3. the trainer's settings first (accelerate's process state), then the model with a LoRA adapter where the
+    # trainer expects it (seeded first: LoRA A starts random)
+    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
+                      packing=config.packing, padding_free=config.packing, completion_only_loss=False,
+                      assistant_only_loss=False)
+    device, dtype = trainer_placement(args, train)
+    model, _, base_name = load_trainable(config.model, config.lora, seed=train.seed, device=device, dtype=dtype,
+                                         quantization=train.quantization)
+    params = report_trainable(model)
     recorder = MetricsRecorder()
     trainer = trl.SFTTrainer(
         model=model,
