@@ -11,7 +11,10 @@ An estimate is a sum of parts, each a count of tensors times their bytes:
     activations    the tensors autograd keeps for the backward pass, counted per token and layer from the Llama
                    decoder's forward (see :func:`layer_bytes`); with gradient checkpointing, each layer's input alone
                    plus one layer recomputed at a time
-    logits         the full-vocabulary logits of the tokens of one pass and the softmax temporaries around them
+    logits         the full-vocabulary logits of the tokens of one pass and the softmax temporaries around them;
+                   on a CPU, once more: glibc keeps the freed heap of one step's peak resident, and the next step's
+                   peak lands beside it (measured: the second step peaks one such transient above the first, then
+                   flat; bench/plan_check.py)
     (RL stage)     the rollout's KV cache and the policy folded into temporary copies of the base weights while
                    sampling; the stacked policy+critic graph of one minibatch (the first minibatch's graph is kept
                    through scoring, while the other minibatches are scored without one)
@@ -29,7 +32,11 @@ from typing import Any
 GiB = 2**30
 FIT_SHARE = 0.8  # plan to use at most this share of the device's memory (the rest: allocator slack, fragmentation)
 CUDA_CONTEXT = 600 * 2**20  # CUDA context and kernels on the GPU: about 0.5-0.7 GiB with torch's CUDA 12 builds
-TRL_LOGPROB_CHUNK = 32768  # tokens per chunk in TRL's fused LM head (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+# TRL's fused LM head (trl/kernels/chunked_logprob.py) projects tiles of TOKENS x VOCAB logits at a time
+TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768
+# fp32 tiles alive at once: on a CPU its torch fold keeps the product, its scaled copy, z, log p, p, the gradient and
+# three temporaries of `grad_logprobs * (is_target - p)` in the backward pass; on a GPU its Triton kernel folds in place
+TRL_TILES = {"cpu": 9, "cuda": 2}
 EAGER_ATTENTION_MAX_LEN = 256  # the RL stage's own switch (stages/rlhf_roles.py): eager attention on a CPU up to here
 
 
@@ -210,10 +217,10 @@ def runtime_bytes(device: str) -> int:
     context (the host memory is not the GPU's)."""
     if device == "cuda":
         return CUDA_CONTEXT
-    import peft  # noqa: F401 - imported for their resident memory, as a stage imports them
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-    import trl  # noqa: F401
+    import importlib
+
+    for module in ("posttrain.stages.sft", "posttrain.stages.dpo", "posttrain.stages.reward", "posttrain.stages.rlhf"):
+        importlib.import_module(module)  # for their resident memory, as a stage imports them
 
     with open("/proc/self/status") as status:
         for line in status:

@@ -16,7 +16,9 @@ from posttrain.footprint import (
     EAGER_ATTENTION_MAX_LEN,
     FIT_SHARE,
     GiB,
-    TRL_LOGPROB_CHUNK,
+    TRL_TILE_TOKENS,
+    TRL_TILE_VOCAB,
+    TRL_TILES,
     Plan,
     Shape,
     base_bytes,
@@ -112,9 +114,11 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
             _activations(shape, tokens, per_layer, act, checkpointing),
     }
     if stage != "rm":  # the reward model reads one hidden state per row, never the vocabulary
-        # TRL's fused LM head: the logits of one chunk of tokens at a time, in fp32, with the softmax and (in the
-        # backward pass, which recomputes them) their gradient beside them
-        items["logits (fp32, one chunk)"] = 3 * min(tokens, TRL_LOGPROB_CHUNK) * shape.vocab * 4
+        # TRL's fused LM head: tiles of the logits, never the whole (tokens, vocab) at once (see footprint)
+        tile = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab, TRL_TILE_VOCAB) * 4
+        items["logits (fused LM head tiles)"] = TRL_TILES[device] * tile
+        if device == "cpu":
+            items["allocator: the previous step's freed peak (CPU)"] = TRL_TILES[device] * tile
     if stage == "dpo" and Path(config.model, "adapter_config.json").is_file():
         items["adapters (fp32)"] *= 2  # TRL's frozen copy "ref" of the SFT adapter, the reference
     notes = [f"{shape.params / 1e6:.1f} M base parameters, {lora_params / 1e6:.2f} M LoRA (r={r}, {targets}); "

@@ -149,6 +149,14 @@ def report_trainable(model: torch.nn.Module) -> dict[str, int | float]:
     return {"trainable_params": trainable, "total_params": total, "trainable_share": share}
 
 
+def gathered_state(trainer) -> dict | None:
+    """The trained model's full state dict for saving, gathered from every process's shards: a collective under FSDP
+    and DeepSpeed ZeRO-3, so every process calls it; None on all but the main process, which alone writes the
+    checkpoint (two processes writing one folder would remove each other's files)."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    return state if trainer.is_world_process_zero() else None
+
+
 @contextmanager
 def finished_checkpoint(output: Path) -> Iterator[Path]:
     """Write a stage's final files into a scratch folder, then move them into ``output``.

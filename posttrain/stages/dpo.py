@@ -27,6 +27,7 @@ from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_
 from posttrain.stages.common import (
     StageError,
     finished_checkpoint,
+    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
@@ -261,22 +262,25 @@ def run_dpo(config: DPOConfig) -> Path:
             f"margin {final.get('eval_rewards_margins', float('nan')):.3f}, KL to the reference {final.get('eval_kl', float('nan')):.3f} nats/response")
 
     # 5. save: the policy adapter only (not the frozen reference), tokenizer, config, metrics, plot, model card
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder, selected_adapters=[POLICY_ADAPTER])
-        setup.tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history)
-        plot = plot_curves(folder / "dpo.png", recorder.history, [
-            ("loss", ["loss", "eval_loss"]),
-            ("reward accuracy", ["rewards/accuracies", "eval_rewards/accuracies"]),
-            ("reward margin", ["rewards/margins", "eval_rewards/margins"]),
-            ("implicit rewards (held-out)", ["eval_rewards/chosen", "eval_rewards/rejected"]),
-            ("KL(policy || reference), nats/response", ["eval_kl"]),
-        ], f"DPO of {setup.base_name} ({config.loss_type}, beta {config.beta})")
-        write_model_card(folder, "DPO", setup.base_name, config.data, to_dict(config), final, [plot] if plot else [],
-                         notes=f"Reference: {setup.reference}. Implicit reward = beta * log(pi / pi_ref) of a response; "
-                               "eval_kl is the exact token-level KL(policy || reference) summed over held-out chosen responses.",
-                         usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
-        save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
-                         started_from=config.model if is_adapter_folder(config.model) else None)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state, selected_adapters=[POLICY_ADAPTER])
+            setup.tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history)
+            plot = plot_curves(folder / "dpo.png", recorder.history, [
+                ("loss", ["loss", "eval_loss"]),
+                ("reward accuracy", ["rewards/accuracies", "eval_rewards/accuracies"]),
+                ("reward margin", ["rewards/margins", "eval_rewards/margins"]),
+                ("implicit rewards (held-out)", ["eval_rewards/chosen", "eval_rewards/rejected"]),
+                ("KL(policy || reference), nats/response", ["eval_kl"]),
+            ], f"DPO of {setup.base_name} ({config.loss_type}, beta {config.beta})")
+            write_model_card(folder, "DPO", setup.base_name, config.data, to_dict(config), final, [plot] if plot else [],
+                             notes=f"Reference: {setup.reference}. Implicit reward = beta * log(pi / pi_ref) of a response; "
+                                   "eval_kl is the exact token-level KL(policy || reference) summed over held-out chosen responses.",
+                             usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
+            save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
+                             started_from=config.model if is_adapter_folder(config.model) else None)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the DPO adapter to {output}")
     return output

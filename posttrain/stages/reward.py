@@ -24,6 +24,7 @@ from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
     StageError,
     finished_checkpoint,
+    gathered_state,
     gradient_checkpointing,
     log,
     report_trainable,
@@ -276,29 +277,32 @@ def run_reward(config: RewardConfig) -> Path:
     # 6. save: adapter with the head, the head alone, tokenizer, config, metrics, plots, model card
     from safetensors.torch import save_file
 
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder)
-        save_file(head_state(trainer.model), str(folder / HEAD_FILE))
-        tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history,
-                      rewards={"chosen": stats.chosen, "rejected": stats.rejected,
-                               "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
-        plots = [
-            plot_curves(folder / "loss.png", recorder.history,
-                        [("loss", ["loss", "eval_loss"]), ("pairwise accuracy", ["accuracy", "eval_accuracy"]),
-                         ("reward margin", ["margin", "eval_margin"])], f"Reward model on {setup.base_name}"),
-            plot_histograms(folder / "rewards.png", {"chosen": stats.chosen, "rejected": stats.rejected},
-                            f"Rewards on {where} pairs (accuracy {summary['accuracy']:.2f})", "reward"),
-            plot_scatter(folder / "reward_vs_length.png",
-                         {"chosen": (stats.chosen_len, stats.chosen), "rejected": (stats.rejected_len, stats.rejected)},
-                         f"Reward against length (r = {corr:.2f})", "response tokens", "reward"),
-        ]
-        write_model_card(folder, "reward model", setup.base_name, config.data, to_dict(config), final,
-                         [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
-                                                        f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
-                         notes=READ_ME_LAYOUT)
-        save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
-                         reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state)
+            save_file(head_state(trainer.model), str(folder / HEAD_FILE))
+            tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history,
+                          rewards={"chosen": stats.chosen, "rejected": stats.rejected,
+                                   "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
+            plots = [
+                plot_curves(folder / "loss.png", recorder.history,
+                            [("loss", ["loss", "eval_loss"]), ("pairwise accuracy", ["accuracy", "eval_accuracy"]),
+                             ("reward margin", ["margin", "eval_margin"])], f"Reward model on {setup.base_name}"),
+                plot_histograms(folder / "rewards.png", {"chosen": stats.chosen, "rejected": stats.rejected},
+                                f"Rewards on {where} pairs (accuracy {summary['accuracy']:.2f})", "reward"),
+                plot_scatter(folder / "reward_vs_length.png",
+                             {"chosen": (stats.chosen_len, stats.chosen), "rejected": (stats.rejected_len, stats.rejected)},
+                             f"Reward against length (r = {corr:.2f})", "response tokens", "reward"),
+            ]
+            write_model_card(folder, "reward model", setup.base_name, config.data, to_dict(config), final,
+                             [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
+                                                            f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
+                             notes=READ_ME_LAYOUT)
+            save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
+                             reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the reward model to {output}")
     return output
 

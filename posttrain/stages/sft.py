@@ -14,6 +14,7 @@ from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     finished_checkpoint,
+    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
@@ -85,14 +86,17 @@ def run_sft(config: SFTConfig) -> Path:
         final["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
 
     # 5. save: adapter, tokenizer, config, metrics, plot, model card
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history)
-        plot = plot_curves(folder / "loss.png", recorder.history,
-                           [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
-        write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
-                         output=output)
-        save_stage_files(folder, "sft", config, base_name)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state)
+            tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history)
+            plot = plot_curves(folder / "loss.png", recorder.history,
+                               [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
+            write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
+                             output=output)
+            save_stage_files(folder, "sft", config, base_name)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
     return output
