@@ -29,7 +29,7 @@ if [[ "$MODE" == gpu ]]; then
   VARIANTS=("bf16:" "qlora4:--quantization 4bit" "checkpointing:--gradient_checkpointing true")
 else
   GPUS=0
-  STEPS=1; PPO_STEPS=1; LENGTH=64; NEW_TOKENS=4
+  STEPS=1; PPO_STEPS=1; LENGTH=256; NEW_TOKENS=4
   VARIANTS=("bf16:" "checkpointing:--gradient_checkpointing true")  # bitsandbytes' 4-bit kernels need CUDA
 fi
 echo "gpu_check: mode $MODE, $GPUS GPU(s), output in $OUT"
