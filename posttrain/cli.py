@@ -112,6 +112,8 @@ COMMANDS: dict[str, Command] = {
     "rlhf": Command("online RL (PPO, GRPO, RLOO, REINFORCE++) against reward models and reward functions",
                     _lazy("posttrain.config", "RLHFConfig"),
                     _stage("posttrain.stages.rlhf", "run_rlhf")),
+    "plan": Command("the memory a training stage will need on this device, before anything loads", lambda: None,
+                    _lazy("posttrain.plan", "plan_main"), raw=True),
     "pipeline": Command("run a pipelines/*.yaml file (SFT -> RM -> PPO, SFT -> DPO)", lambda: None,
                         _lazy("posttrain.pipeline", "pipeline_main"), raw=True),
     "eval": Command("compare a checkpoint with a baseline: reward, win-rate, length, samples, k-shot capability",

@@ -106,8 +106,14 @@ class TrainSection:
     save_steps: int = doc(0, "Save a resumable checkpoint every N steps; 0 saves none mid-run.", valid=NON_NEGATIVE)
     eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).", valid=Range(0, 1, high_open=True))
     eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).", valid=NON_NEGATIVE)
-    gradient_checkpointing: str = doc("auto", "'auto' (on with a GPU, off on CPU where it costs several times the speed), 'true' or 'false'.")
+    gradient_checkpointing: Literal["auto", "true", "false"] = doc(
+        "auto", "Recompute activations in the backward pass instead of keeping them. 'auto': off on a CPU (it only costs "
+                "time there); on a GPU, on when the run is large, i.e. `posttrain plan` puts it above 80% of the GPU's "
+                "memory without checkpointing; 'true' or 'false' force it.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
+    quantization: Literal["none", "4bit", "8bit"] = doc(
+        "none", "Load the frozen base quantized through bitsandbytes (CUDA only): '4bit' is QLoRA (NF4, double "
+                "quantization, bf16 products), '8bit' LLM.int8(); the adapters stay in float32.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +266,13 @@ class RLHFConfig:
     precision: Literal["auto", "bf16", "fp32"] = doc(
         "auto", "Storage of the shared frozen base: 'auto' is bf16 on a GPU or CPU with fast bf16 (AVX512-BF16/AMX), "
                 "else fp32. Adapters, heads and optimizer state are always fp32.")
+    quantization: Literal["none", "4bit", "8bit"] = doc(
+        "none", "Load the shared frozen base quantized through bitsandbytes (CUDA only): '4bit' is QLoRA (NF4, double "
+                "quantization, products in bf16), '8bit' LLM.int8(); adapters and heads stay in float32.")
+    gradient_checkpointing: Literal["auto", "true", "false"] = doc(
+        "auto", "Recompute each layer's activations in the backward pass instead of keeping them. 'auto': off on a CPU "
+                "(it only costs time there); on a GPU, on when `posttrain plan rlhf` puts the run above 80% of the GPU's "
+                "memory without it; 'true' or 'false' force it.")
     lora: LoraSection = doc(LoraSection, "LoRA settings for the policy (and critic) adapters when starting fresh.")
     rollout: RolloutSection = doc(RolloutSection, "How responses are sampled.")
     ppo: PPOSection = doc(PPOSection, "The optimisation (PPO-clip epochs for every algorithm).")
@@ -299,6 +312,8 @@ STAGE_ALIASES = {
     "batch_size": "train.batch_size",
     "max_length": "train.max_length",
     "save_steps": "train.save_steps",
+    "quantization": "train.quantization",
+    "gradient_checkpointing": "train.gradient_checkpointing",
 }
 
 
@@ -350,6 +365,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: has no value; give one (or leave the key out for its default).")
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and str(value).lower() in allowed:  # YAML reads `true` as a bool
+            value = str(value).lower()
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}.")
         return value

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from posttrain.config import LoraSection
+from posttrain.memory import check_quantization, placement
 from posttrain.run_folder import METADATA_FILE, check_finished
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -231,15 +232,16 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return prepare_tokenizer(tokenizer)
 
 
-def load_base_model(name: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> PreTrainedModel:
+def load_base_model(name: str, dtype: torch.dtype | None = None, device: torch.device | None = None,
+                    quantization: str = "none") -> PreTrainedModel:
     path = resolve_model(name)
     device = device or default_device()
     with _hub_errors(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device))
-    return model.to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, **placement(device, dtype or default_dtype(device), quantization))
+    return model if quantization != "none" else model.to(device)
 
 
-def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
+def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
     """The base model with a fresh scalar head (num_labels=1) in place of the LM head."""
     from transformers import AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -247,11 +249,12 @@ def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device):
     path = resolve_model(name)
     try:
         with suppress_seqcls_warning():  # "score.weight newly initialised, lm_head unused" is the point here
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                       **placement(device, dtype, quantization))
     except OSError as err:
         raise ModelError(f"could not load '{name}' as a reward-model base: {str(err).splitlines()[0]}\n"
                          "Pass a local model folder, a posttrain checkpoint, or the embedded default.") from None
-    return model.to(device)
+    return model if quantization != "none" else model.to(device)
 
 
 def match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -301,6 +304,12 @@ def adapter_tokenizer(folder: str | Path, base_name: str) -> PreTrainedTokenizer
     return load_tokenizer(base_name)
 
 
+def model_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load_model` gives ``name``: an adapter checkpoint's own (with its template), else the
+    model's; for stages that tokenise their data before the model loads."""
+    return adapter_tokenizer(name, adapter_base(name)) if is_adapter_folder(name) else load_tokenizer(name)
+
+
 @dataclass
 class Loaded:
     """A model ready for a stage: the model (a PeftModel when an adapter is on it), its tokenizer, the base
@@ -316,26 +325,37 @@ class Loaded:
 
 def load_model(name: str, *, task: str = "causal_lm", dtype: torch.dtype | None = None, device: torch.device | None = None,
                attach: bool = True, adapter_name: str = "default", trainable: bool = False,
-               fresh: LoraSection | None = None) -> Loaded:
+               fresh: LoraSection | None = None, quantization: str = "none") -> Loaded:
     """The one loader: an adapter folder or a plain model -> base, tokenizer, vocabulary match, peft.
 
     ``name`` is a posttrain adapter checkpoint (its base is loaded, its saved tokenizer and template used and,
     with ``attach``, its adapter put on as ``adapter_name``, trainable or frozen), or a plain model (alias,
     folder, hub id), which gets a fresh LoRA adapter ``adapter_name`` from ``fresh`` when given.
     ``task`` is "causal_lm" or "seq_cls" (a scalar head, ``num_labels=1``, for reward models).
+    ``device``: where the model is built (default: the GPU if there is one); a training stage under accelerate passes
+    the CPU (the Trainer places it) or, for a quantized base, its own process's GPU. ``quantization`` "4bit" or
+    "8bit" loads the base through bitsandbytes (QLoRA, see :func:`quantization_config`) in ``dtype`` as the compute
+    dtype; when an adapter will train on it, peft's prepare_model_for_kbit_training readies it first (norms in
+    fp32); the adapters are made in fp32.
     """
     from peft import PeftModel, get_peft_model
 
     device = device or default_device()
+    check_quantization(quantization, device)  # before anything loads
     adapter_path = str(name) if is_adapter_folder(name) else None
     base_name = adapter_base(name) if adapter_path else name
-    tokenizer = adapter_tokenizer(name, base_name) if adapter_path else load_tokenizer(name)
+    tokenizer = model_tokenizer(name)
     dtype = dtype or default_dtype(device)
     if task == "seq_cls":
-        base = load_scorer_base(base_name, dtype, device)
+        base = load_scorer_base(base_name, dtype, device, quantization)
     else:
-        base = load_base_model(base_name, dtype=dtype, device=device)
+        base = load_base_model(base_name, dtype=dtype, device=device, quantization=quantization)
     new_ids = match_vocab(base, tokenizer)
+    if quantization != "none" and (trainable or fresh is not None):
+        from peft import prepare_model_for_kbit_training
+
+        # checkpointing is each stage's own choice (see enable_gradient_checkpointing), not switched on here
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     if task == "seq_cls":
         base.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     model: torch.nn.Module = base

@@ -54,14 +54,29 @@ def log(message: str) -> None:
     tqdm.write(f"posttrain: {message}")
 
 
-def gradient_checkpointing(train: TrainSection) -> bool:
-    """On by default only with a GPU: on a CPU with a small model it costs several times the throughput."""
-    if train.gradient_checkpointing == "auto":
-        return torch.cuda.is_available()
-    return train.gradient_checkpointing.lower() in ("true", "1", "yes", "on")
+def gradient_checkpointing(stage: str, config: Any) -> bool:
+    """``train.gradient_checkpointing`` resolved for this machine: 'auto' is off on a CPU (there it only costs
+    time) and, on a GPU, on exactly when `posttrain plan` says the run needs more than 80% of the GPU's memory
+    without it (checkpointing buys memory for about a third more compute, so it is worth it only when needed)."""
+    from posttrain.plan import checkpointing_wanted
+
+    return checkpointing_wanted(stage, config)
 
 
-def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[str, Any]:
+def trainer_placement(args: Any, train: TrainSection) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype a TRL stage builds its model, once its TRL config (and with it accelerate's
+    process state) exists.
+
+    On the CPU, from where the Trainer moves it to this process's device, or FSDP and DeepSpeed shard it: under
+    `accelerate launch` a model moved to ``cuda`` before that would put every process on GPU 0. A quantized base is
+    the exception: bitsandbytes quantizes it as it loads, straight onto this process's own GPU (``args.device``).
+    The dtype is the one of the device the model will train on.
+    """
+    dtype = default_dtype(args.device, train.precision)
+    return (args.device if train.quantization != "none" else torch.device("cpu")), dtype
+
+
+def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
     """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig)."""
     dtype = default_dtype(default_device(), train.precision)
     eval_every = train.eval_steps or None
@@ -86,7 +101,10 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[st
         save_total_limit=2,
         eval_strategy=("steps" if eval_every else "no") if has_eval else "no",
         eval_steps=eval_every,
-        gradient_checkpointing=gradient_checkpointing(train),
+        gradient_checkpointing=checkpointing,
+        # non-reentrant: works with a frozen embedding (LoRA) and with FSDP2; TRL switches to reentrant where
+        # DeepSpeed ZeRO-3 with peft needs it
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
@@ -96,13 +114,15 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[st
     )
 
 
-def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, **extra: Any):
+def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False, **extra: Any):
     """A TRL config (``trl.RewardConfig``, ``trl.DPOConfig``, ...) from :func:`trainer_kwargs`, keeping only the
-    keys ``cls`` knows, plus the stage's own ``extra`` settings."""
+    keys ``cls`` knows, plus the stage's own ``extra`` settings. Make it before the model loads (see
+    :func:`trainer_placement`): it sets up accelerate's process state, and under DeepSpeed ZeRO-3 it is what lets
+    transformers build the model already sharded."""
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(cls)}
-    shared = {k: v for k, v in trainer_kwargs(train, output, has_eval).items() if k in known and k not in extra}
+    shared = {k: v for k, v in trainer_kwargs(train, output, has_eval, checkpointing).items() if k in known and k not in extra}
     return cls(**shared, **extra)
 
 
@@ -241,18 +261,21 @@ def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default", seed: int | None = None):
+def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "default", seed: int | None = None, *,
+                   device: torch.device | None = None, dtype: torch.dtype | None = None, quantization: str = "none"):
     """A PeftModel ready to train, its tokenizer and its base model's name.
 
     A plain model gets a fresh LoRA adapter, initialised from ``seed`` when given (so runs repeat). A posttrain
     adapter checkpoint (for example an SFT output) is loaded on its base with its adapter trainable, so
-    training continues from it.
+    training continues from it. ``device``, ``dtype``: see :func:`trainer_placement`; ``quantization``: the base
+    through bitsandbytes (QLoRA).
     """
     from transformers import set_seed
 
     if seed is not None:
         set_seed(seed)
-    loaded = load_model(model_name, adapter_name=adapter_name, trainable=True, fresh=lora)
+    loaded = load_model(model_name, adapter_name=adapter_name, trainable=True, fresh=lora, device=device, dtype=dtype,
+                        quantization=quantization)
     model, tokenizer, base_name = loaded.model, loaded.tokenizer, loaded.base_model
     if loaded.adapter_path:
         log(f"continuing from the adapter in {model_name} (base: {base_name})")
@@ -267,6 +290,14 @@ def report_trainable(model: torch.nn.Module) -> dict[str, int | float]:
     share = trainable / total if total else 0.0
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * share:.2f}%)")
     return {"trainable_params": trainable, "total_params": total, "trainable_share": share}
+
+
+def gathered_state(trainer) -> dict | None:
+    """The trained model's full state dict for saving, gathered from every process's shards: a collective under FSDP
+    and DeepSpeed ZeRO-3, so every process calls it; None on all but the main process, which alone writes the
+    checkpoint (two processes writing one folder would remove each other's files)."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    return state if trainer.is_world_process_zero() else None
 
 
 @contextmanager

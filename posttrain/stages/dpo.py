@@ -21,15 +21,19 @@ from transformers import TrainerCallback
 
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
-from posttrain.models import is_adapter_folder, load_model, lora_config
+from posttrain.memory import check_quantization
+from posttrain.models import is_adapter_folder, load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
     finished_checkpoint,
+    gathered_state,
+    gradient_checkpointing,
     load_trainable,
     log,
     report_trainable,
     save_stage_files,
+    trainer_placement,
     trl_config,
 )
 from posttrain.stages.trainer_run import resume_point, run_trainer
@@ -173,6 +177,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     losses = loss_types(config.loss_type)
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
+    check_quantization(train.quantization)
     table = load_preferences(config.data)
     rows = [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in table.rows]
     if "margin" in table.rows[0]:
@@ -180,18 +185,8 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     train_rows, held_rows = split_holdout(rows, train.eval_split, train.seed)
     resume_from = resume_point(config)
 
-    # 2. policy and reference on one copy of the base weights
-    if is_adapter_folder(config.model):
-        model, tokenizer, base_name = load_trainable(config.model, config.lora, adapter_name=POLICY_ADAPTER)
-        peft_config = None  # TRL copies the trained-on adapter into a frozen "ref" adapter: the SFT policy
-        reference = f"the SFT adapter from {config.model} (frozen copy '{REFERENCE_ADAPTER}')"
-    else:
-        loaded = load_model(config.model)
-        model, tokenizer, base_name = loaded.model, loaded.tokenizer, loaded.base_model
-        peft_config = lora_config(config.lora, new_token_ids=loaded.new_token_ids)  # TRL wraps it in a fresh adapter
-        reference = "the base model (adapters off)"
-
-    # 3. count what max_length cuts, with the chat template TRL will apply
+    # 2. count what max_length cuts, with the chat template TRL will apply
+    tokenizer = model_tokenizer(config.model)
     eos = tokenizer.eos_token or ""
     over = count_over_length(rows, tokenizer, train.max_length, plain_suffix=eos)
     prompt_full = sum(
@@ -204,11 +199,27 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
             "Raise --train.max_length to keep them whole.")
     if prompt_full >= len(train_rows):
         raise StageError(f"every prompt fills train.max_length={train.max_length}; raise --train.max_length.")
+
+    # 3. the trainer's settings first (accelerate's process state), then policy and reference on one copy of the
+    # base weights, built where the trainer expects them
+    args = trl_config(trl.DPOConfig, train, Path(config.output), has_eval=bool(held_rows),
+                      checkpointing=gradient_checkpointing("dpo", config),
+                      beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
+    device, dtype = trainer_placement(args, train)
+    if is_adapter_folder(config.model):
+        model, _, base_name = load_trainable(config.model, config.lora, adapter_name=POLICY_ADAPTER, device=device,
+                                             dtype=dtype, quantization=train.quantization)
+        peft_config = None  # TRL copies the trained-on adapter into a frozen "ref" adapter: the SFT policy
+        reference = f"the SFT adapter from {config.model} (frozen copy '{REFERENCE_ADAPTER}')"
+    else:
+        # trainable: a quantized base is readied for the adapter TRL puts on it
+        loaded = load_model(config.model, device=device, dtype=dtype, trainable=True, quantization=train.quantization)
+        model, base_name = loaded.model, loaded.base_model
+        peft_config = lora_config(config.lora, new_token_ids=loaded.new_token_ids)  # TRL wraps it in a fresh adapter
+        reference = "the base model (adapters off)"
     log(f"{len(train_rows)} training pairs, {len(held_rows)} held out; loss {'+'.join(losses)}, beta {config.beta}; "
         f"reference: {reference}")
 
-    args = trl_config(trl.DPOConfig, train, Path(config.output), has_eval=bool(held_rows),
-                      beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
     recorder = MetricsRecorder()
     trainer = trl.DPOTrainer(
         model=model,
@@ -253,22 +264,25 @@ def run_dpo(config: DPOConfig) -> Path:
             f"margin {final.get('eval_rewards_margins', float('nan')):.3f}, KL to the reference {final.get('eval_kl', float('nan')):.3f} nats/response")
 
     # 5. save: the policy adapter only (not the frozen reference), tokenizer, config, metrics, plot, model card
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder, selected_adapters=[POLICY_ADAPTER])
-        setup.tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history)
-        plot = plot_curves(folder / "dpo.png", recorder.history, [
-            ("loss", ["loss", "eval_loss"]),
-            ("reward accuracy", ["rewards/accuracies", "eval_rewards/accuracies"]),
-            ("reward margin", ["rewards/margins", "eval_rewards/margins"]),
-            ("implicit rewards (held-out)", ["eval_rewards/chosen", "eval_rewards/rejected"]),
-            ("KL(policy || reference), nats/response", ["eval_kl"]),
-        ], f"DPO of {setup.base_name} ({config.loss_type}, beta {config.beta})")
-        write_model_card(folder, "DPO", setup.base_name, config.data, to_dict(config), final, [plot] if plot else [],
-                         notes=f"Reference: {setup.reference}. Implicit reward = beta * log(pi / pi_ref) of a response; "
-                               "eval_kl is the exact token-level KL(policy || reference) summed over held-out chosen responses.",
-                         usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
-        save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
-                         started_from=config.model if is_adapter_folder(config.model) else None)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state, selected_adapters=[POLICY_ADAPTER])
+            setup.tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history)
+            plot = plot_curves(folder / "dpo.png", recorder.history, [
+                ("loss", ["loss", "eval_loss"]),
+                ("reward accuracy", ["rewards/accuracies", "eval_rewards/accuracies"]),
+                ("reward margin", ["rewards/margins", "eval_rewards/margins"]),
+                ("implicit rewards (held-out)", ["eval_rewards/chosen", "eval_rewards/rejected"]),
+                ("KL(policy || reference), nats/response", ["eval_kl"]),
+            ], f"DPO of {setup.base_name} ({config.loss_type}, beta {config.beta})")
+            write_model_card(folder, "DPO", setup.base_name, config.data, to_dict(config), final, [plot] if plot else [],
+                             notes=f"Reference: {setup.reference}. Implicit reward = beta * log(pi / pi_ref) of a response; "
+                                   "eval_kl is the exact token-level KL(policy || reference) summed over held-out chosen responses.",
+                             usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
+            save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
+                             started_from=config.model if is_adapter_folder(config.model) else None)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the DPO adapter to {output}")
     return output

@@ -17,15 +17,19 @@ from datasets import Dataset
 
 from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
-from posttrain.models import load_model, lora_config
+from posttrain.memory import check_quantization
+from posttrain.models import load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
     StageError,
     finished_checkpoint,
+    gathered_state,
+    gradient_checkpointing,
     log,
     report_trainable,
     save_stage_files,
+    trainer_placement,
     trl_config,
 )
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
@@ -94,18 +98,21 @@ def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -
                    [response_tokens(tokenizer, e["rejected"]) for e in kept]), over
 
 
-def build_model(model_name: str, lora: LoraSection, seed: int):
+def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.device | None = None,
+                dtype: torch.dtype | None = None, quantization: str = "none"):
     """A SEQ_CLS PeftModel ready to train (LoRA on the body, the head in full), its tokenizer and base name.
 
     A posttrain adapter checkpoint (e.g. an SFT output) as ``model_name`` starts the reward adapter from its
-    LoRA weights, on its base, so the reward model still fits the plain base the PPO stage loads.
+    LoRA weights, on its base, so the reward model still fits the plain base the PPO stage loads. ``device``,
+    ``dtype``: see stages.common.trainer_placement; ``quantization``: the base through bitsandbytes (QLoRA).
     """
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import set_seed
 
     set_seed(seed)  # the head starts random: seed it
-    loaded = load_model(model_name, task="seq_cls", attach=False)
+    loaded = load_model(model_name, task="seq_cls", attach=False, trainable=True, device=device, dtype=dtype,
+                        quantization=quantization)
     start, base_name, tokenizer = loaded.adapter_path, loaded.base_model, loaded.tokenizer
     if start:
         # the SFT adapter is a causal-LM adapter: the reward adapter gets its LoRA shape and weights, a new head
@@ -202,14 +209,13 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     train = config.train
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
+    check_quantization(train.quantization)
     table = load_preferences(config.data)
     train_rows, held_rows = split_holdout(table.rows, train.eval_split, train.seed)
     resume_from = resume_point(config)
 
-    # 2. base model with a scalar head; LoRA on the body
-    model, tokenizer, base_name = build_model(config.model, config.lora, train.seed)
-
-    # 3. tokenise with the chat template ourselves: the same rendering score() and PPO use, cuts counted
+    # 2. tokenise with the chat template ourselves: the same rendering score() and PPO use, cuts counted
+    tokenizer = model_tokenizer(config.model)
     train_pairs, over_train = tokenise_pairs(train_rows, tokenizer, train.max_length)
     held_pairs, over_held = tokenise_pairs(held_rows, tokenizer, train.max_length)
     over = over_train + over_held
@@ -221,7 +227,13 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     log(f"{len(train_pairs.chosen)} training pairs, {len(held_pairs.chosen)} held out"
         + (" (with per-pair margins)" if train_pairs.margins is not None else ""))
 
-    args = trl_config(trl.RewardConfig, train, Path(config.output), has_eval=bool(held_pairs.chosen))
+    # 3. the trainer's settings first (accelerate's process state), then the base model with a scalar head and
+    # LoRA on the body, built where the trainer expects it
+    args = trl_config(trl.RewardConfig, train, Path(config.output), has_eval=bool(held_pairs.chosen),
+                      checkpointing=gradient_checkpointing("rm", config))
+    device, dtype = trainer_placement(args, train)
+    model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,
+                                      quantization=train.quantization)
     recorder = MetricsRecorder()
     trainer = PairwiseRewardTrainer(
         model=model,
@@ -267,29 +279,32 @@ def run_reward(config: RewardConfig) -> Path:
     # 6. save: adapter with the head, the head alone, tokenizer, config, metrics, plots, model card
     from safetensors.torch import save_file
 
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder)
-        save_file(head_state(trainer.model), str(folder / HEAD_FILE))
-        tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history,
-                      rewards={"chosen": stats.chosen, "rejected": stats.rejected,
-                               "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
-        plots = [
-            plot_curves(folder / "loss.png", recorder.history,
-                        [("loss", ["loss", "eval_loss"]), ("pairwise accuracy", ["accuracy", "eval_accuracy"]),
-                         ("reward margin", ["margin", "eval_margin"])], f"Reward model on {setup.base_name}"),
-            plot_histograms(folder / "rewards.png", {"chosen": stats.chosen, "rejected": stats.rejected},
-                            f"Rewards on {where} pairs (accuracy {summary['accuracy']:.2f})", "reward"),
-            plot_scatter(folder / "reward_vs_length.png",
-                         {"chosen": (stats.chosen_len, stats.chosen), "rejected": (stats.rejected_len, stats.rejected)},
-                         f"Reward against length (r = {corr:.2f})", "response tokens", "reward"),
-        ]
-        write_model_card(folder, "reward model", setup.base_name, config.data, to_dict(config), final,
-                         [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
-                                                        f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
-                         notes=READ_ME_LAYOUT)
-        save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
-                         reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state)
+            save_file(head_state(trainer.model), str(folder / HEAD_FILE))
+            tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history,
+                          rewards={"chosen": stats.chosen, "rejected": stats.rejected,
+                                   "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
+            plots = [
+                plot_curves(folder / "loss.png", recorder.history,
+                            [("loss", ["loss", "eval_loss"]), ("pairwise accuracy", ["accuracy", "eval_accuracy"]),
+                             ("reward margin", ["margin", "eval_margin"])], f"Reward model on {setup.base_name}"),
+                plot_histograms(folder / "rewards.png", {"chosen": stats.chosen, "rejected": stats.rejected},
+                                f"Rewards on {where} pairs (accuracy {summary['accuracy']:.2f})", "reward"),
+                plot_scatter(folder / "reward_vs_length.png",
+                             {"chosen": (stats.chosen_len, stats.chosen), "rejected": (stats.rejected_len, stats.rejected)},
+                             f"Reward against length (r = {corr:.2f})", "response tokens", "reward"),
+            ]
+            write_model_card(folder, "reward model", setup.base_name, config.data, to_dict(config), final,
+                             [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
+                                                            f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
+                             notes=READ_ME_LAYOUT)
+            save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
+                             reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the reward model to {output}")
     return output
 

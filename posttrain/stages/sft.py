@@ -9,13 +9,18 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.memory import check_quantization
+from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     finished_checkpoint,
+    gathered_state,
+    gradient_checkpointing,
     load_trainable,
     log,
     report_trainable,
     save_stage_files,
+    trainer_placement,
     trl_config,
 )
 from posttrain.stages.trainer_run import resume_point, run_trainer
@@ -30,15 +35,13 @@ def run_sft(config: SFTConfig) -> Path:
     train = config.train
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
+    check_quantization(train.quantization)
     table = load_sft(config.data)
     eval_table = load_sft(config.eval_data) if config.eval_data else None
     resume_from = resume_point(config)
 
-    # 2. model with a LoRA adapter, tokenizer with a chat template (seeded first: LoRA A starts random)
-    model, tokenizer, base_name = load_trainable(config.model, config.lora, seed=train.seed)
-    params = report_trainable(model)
-
-    # 3. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
+    # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
+    tokenizer = model_tokenizer(config.model)
     tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on)
     rows = tokenised.rows
     if eval_table is not None:
@@ -50,8 +53,15 @@ def run_sft(config: SFTConfig) -> Path:
             f"{tokenised.dropped} of them kept no assistant token and were left out. Raise --train.max_length to keep them.")
     log(f"{len(rows)} training rows, {len(held)} held out")
 
-    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), packing=config.packing,
-                      padding_free=config.packing, completion_only_loss=False, assistant_only_loss=False)
+    # 3. the trainer's settings first (accelerate's process state), then the model with a LoRA adapter where the
+    # trainer expects it (seeded first: LoRA A starts random)
+    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
+                      packing=config.packing, padding_free=config.packing, completion_only_loss=False,
+                      assistant_only_loss=False)
+    device, dtype = trainer_placement(args, train)
+    model, _, base_name = load_trainable(config.model, config.lora, seed=train.seed, device=device, dtype=dtype,
+                                         quantization=train.quantization)
+    params = report_trainable(model)
     recorder = MetricsRecorder()
     trainer = trl.SFTTrainer(
         model=model,
@@ -76,14 +86,17 @@ def run_sft(config: SFTConfig) -> Path:
         final["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
 
     # 5. save: adapter, tokenizer, config, metrics, plot, model card
-    with finished_checkpoint(output) as folder:
-        trainer.model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_metrics(folder, final, recorder.history)
-        plot = plot_curves(folder / "loss.png", recorder.history,
-                           [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
-        write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
-                         output=output)
-        save_stage_files(folder, "sft", config, base_name)
+    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state)
+            tokenizer.save_pretrained(folder)
+            write_metrics(folder, final, recorder.history)
+            plot = plot_curves(folder / "loss.png", recorder.history,
+                               [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
+            write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
+                             output=output)
+            save_stage_files(folder, "sft", config, base_name)
+    trainer.accelerator.wait_for_everyone()
     log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
     return output
