@@ -102,8 +102,12 @@ class Task:
         self.folder, self.judge, self.sizes = folder, judge, sizes
         self.heldout = [r["prompt"] for r in read_jsonl(folder.parent / "prompts_heldout.jsonl")]
         self.heldout_pairs = read_jsonl(folder / "prefs_heldout.jsonl")
+        saved = folder.parent / "base_answers.json"  # greedy, so the same in every run of the harness
+        if "texts" not in base_cache and saved.is_file():
+            base_cache.update(json.loads(saved.read_text()))
         if "texts" not in base_cache:
             base_cache["texts"], base_cache["lengths"] = ev.generate(BASE, self.heldout, sizes.max_new_tokens)
+            saved.write_text(json.dumps(base_cache))
         self.base_texts, self.base_lengths = base_cache["texts"], base_cache["lengths"]
         self.base_scores = [judge.score(t) for t in self.base_texts]
 
@@ -158,10 +162,14 @@ def run_all(args) -> dict:
                     if impl not in args.impls or (impl == "trl" and stage == "ppo"):
                         continue
                     extra = " ".join(e.split(":", 1)[1] for e in args.extra if e.split(":", 1)[0] == stage)
-                    run_dir = root / "runs" / (args.tag or "default") / judge.name / f"{impl}-{stage}-s{seed}"
+                    # TRL's runs do not change with posttrain's settings: every tag shares them
+                    group = "trl" if impl == "trl" else args.tag or "default"
+                    run_dir = root / "runs" / group / judge.name / f"{impl}-{stage}-s{seed}"
                     done = run_dir.with_suffix(".json")
                     if done.is_file() and not args.rerun:
                         record = json.loads(done.read_text())
+                    elif args.report:
+                        continue
                     else:
                         rm = root / "runs" / (args.tag or "default") / judge.name / f"posttrain-rm-s{seed}"
                         if stage == "ppo" and not ev.folder_ok(rm):
@@ -230,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (also for the runs): on a shared 2-core machine one thread "
                              "each keeps a run from stalling on cores other jobs hold; 0 leaves torch's default")
+    parser.add_argument("--report", action="store_true", help="train nothing: report the finished runs in the cache")
     parser.add_argument("--rerun", action="store_true", help="train again even where a finished run is cached")
     args = parser.parse_args(argv)
     if args.threads:

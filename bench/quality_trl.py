@@ -5,7 +5,8 @@
 The common settings of issue 11: LoRA r=16 (alpha 32, dropout 0.05: TRL's ModelConfig defaults) on every
 linear layer (the placement posttrain uses, so the comparison is of the optimisation settings), batch 8;
 SFT lr 2e-4 for 2 epochs, RM lr 1e-4 for 2 epochs, DPO lr 5e-5 with beta 0.1 for 3 epochs; everything
-else TRL's defaults, except gradient checkpointing, which is off (on a CPU it costs several times the speed).
+else TRL's defaults (bf16 autocast among them; `use_cpu` on a machine without a GPU, as TRL asks), except
+gradient checkpointing, which is off (on a CPU it costs several times the speed).
 The model is the same local folder posttrain's default alias resolves to.
 """
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=-1, help="only for smoke runs (--quick)")
     args = parser.parse_args(argv)
 
+    import torch
     import trl
     from datasets import load_dataset
     from peft import LoraConfig
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     config_name, lr, epochs = SETTINGS[args.stage]
     config = getattr(trl, config_name)(
         output_dir=args.output, learning_rate=lr, num_train_epochs=epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=8, gradient_checkpointing=False, seed=args.seed, report_to="none",
+        per_device_train_batch_size=8, gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), seed=args.seed, report_to="none",
         save_strategy="no", logging_steps=10, **({"beta": 0.1} if args.stage == "dpo" else {}))
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                              task_type="SEQ_CLS" if args.stage == "rm" else "CAUSAL_LM")

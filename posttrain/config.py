@@ -61,7 +61,8 @@ class TrainSection:
     eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).")
     eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).")
     gradient_checkpointing: str = doc("auto", "'auto' (on with a GPU, off on CPU where it costs several times the speed), 'true' or 'false'.")
-    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
+    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it; on a CPU fp32 weights, with bf16 autocast where the CPU "
+                                 "has AVX512-BF16 or AMX), 'bf16', 'fp16' or 'fp32'.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class RewardConfig:
     output: str = doc("", "Checkpoint folder to write.")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
-    train: TrainSection = _train(lr=1e-4, epochs=2.0, batch_size=8, eval_split=0.1, max_length=384)
+    train: TrainSection = _train(lr=3e-4, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class DPOConfig:
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
-    train: TrainSection = _train(lr=5e-5, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
+    train: TrainSection = _train(lr=2e-4, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
 
 
 @dataclass
