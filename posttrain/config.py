@@ -61,8 +61,7 @@ class TrainSection:
     eval_split: float = doc(0.0, "Share of the data held out for evaluation (0 disables).")
     eval_steps: int = doc(0, "Evaluate every N steps (0: only at the end, when eval_split > 0).")
     gradient_checkpointing: str = doc("auto", "'auto' (on with a GPU, off on CPU where it costs several times the speed), 'true' or 'false'.")
-    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it; on a CPU fp32 weights, with bf16 autocast where the CPU "
-                                 "has AVX512-BF16 or AMX), 'bf16', 'fp16' or 'fp32'.")
+    precision: str = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
 
 
 # ---------------------------------------------------------------------------------------------

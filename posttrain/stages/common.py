@@ -18,7 +18,6 @@ from posttrain.models import (
     adapter_base,
     adapter_tokenizer,
     count_parameters,
-    cpu_has_fast_bf16,
     default_device,
     default_dtype,
     expose_head_bias,
@@ -50,11 +49,7 @@ def gradient_checkpointing(train: TrainSection) -> bool:
 
 def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig)."""
-    device = default_device()
-    dtype = default_dtype(device, train.precision)
-    # 'auto' on a CPU with native bf16 products keeps fp32 weights and runs forward passes under bf16
-    # autocast, as TRL's own default does: on such a CPU it trains about twice as fast as plain fp32
-    autocast_bf16 = train.precision == "auto" and device.type == "cpu" and cpu_has_fast_bf16()
+    dtype = default_dtype(default_device(), train.precision)
     eval_every = train.eval_steps or None
     return dict(
         output_dir=str(output / CHECKPOINTS),
@@ -78,7 +73,7 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool) -> dict[st
         eval_strategy=("steps" if eval_every else "no") if has_eval else "no",
         eval_steps=eval_every,
         gradient_checkpointing=gradient_checkpointing(train),
-        bf16=dtype == torch.bfloat16 or autocast_bf16,
+        bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
         report_to="none",

@@ -2,25 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-import torch
-
 from posttrain.config import TrainSection
-from posttrain.models import cpu_has_fast_bf16
-from posttrain.stages.common import trainer_kwargs
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU rule")
-def test_auto_precision_on_a_cpu_trains_under_bf16_autocast_exactly_where_the_cpu_has_native_bf16(tmp_path: Path):
-    auto = trainer_kwargs(TrainSection(), tmp_path, has_eval=False)
-    # weights stay fp32 (default_dtype), only the forward runs in bf16: TRL's own default on such a CPU
-    assert auto["bf16"] is cpu_has_fast_bf16()
-    assert auto["fp16"] is False and auto["use_cpu"] is True
-    assert trainer_kwargs(TrainSection(precision="fp32"), tmp_path, has_eval=False)["bf16"] is False
-    assert trainer_kwargs(TrainSection(precision="bf16"), tmp_path, has_eval=False)["bf16"] is True
-
 
 
 def test_help_shows_each_stage_its_own_training_defaults_and_their_rule(capsys):
