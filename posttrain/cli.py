@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.config import ConfigError, doc, field_docs, field_ranges, load_config
+from posttrain.config import ConfigError, doc, field_docs, field_ranges, load_config, section_docs
 
 
 @dataclass
@@ -166,7 +166,12 @@ def print_help(name: str | None = None) -> None:
     head = f" [{entry.positional.upper()}]" if entry.positional else ""
     print(f"usage: posttrain {name}{head} [--config FILE] [--key value ...]\n\n{entry.summary}\n\noptions:")
     ranges = field_ranges(entry.config())
+    sections, shown = section_docs(entry.config()), set()
     for key, text, default in field_docs(entry.config()):
+        section = key.split(".")[0] if "." in key else None
+        if section in sections and section not in shown:
+            shown.add(section)
+            print(f"  {section}: {sections[section]}")
         valid = f"; {ranges[key]}" if key in ranges else ""
         print(f"  --{key:<30} {text} (default: {default!r}{valid})")
 
