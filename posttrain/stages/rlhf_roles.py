@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import packed_weight, position_ids, sample, swapped_weights
+from posttrain.memory import enable_gradient_checkpointing
 from posttrain.models import (
     adapter_base,
     belongs_to,
@@ -153,6 +154,13 @@ class Roles(nn.Module):
             self.model.set_adapter(name)
             self._restore_trainable()
             yield
+
+    def recompute_context(self):
+        """A context manager that puts back the adapters in force now, for a layer's recomputation in the backward
+        pass (gradient checkpointing), which runs after the forward's own context has ended."""
+        if self._rows is not None:
+            return self._rows.use(list(self._rows.plan))
+        return self._peft_role(self.model.active_adapter)
 
     def _restore_trainable(self) -> None:
         """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
@@ -322,7 +330,13 @@ def _same_base(a: str, b: str) -> bool:
 
 def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
     """Load the base once and put every role on it: policy, reference, the reward model (when it shares the base)
-    and, with ``critic``, the critic and value head (from the reward model when there is one, else fresh)."""
+    and, with ``critic``, the critic and value head (from the reward model when there is one, else fresh).
+
+    A quantized base (``--quantization``, QLoRA) has bitsandbytes layers: the row-block forward and the folded
+    rollout weights need plain linear layers, so roles then switch through peft and rollouts run the unfolded
+    adapter (see Roles)."""
+    from posttrain.plan import checkpointing_wanted
+
     dtype = frozen_base_dtype(device, config.precision)
     rm_folder = Path(config.reward_model) if config.reward_model else None
     if rm_folder is not None and (not is_adapter_folder(rm_folder) or read_metadata(rm_folder).get("stage") not in ("rm", "reward")):
@@ -330,13 +344,15 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
 
     # 1. the base model, once, and the policy adapter on it; the reference is its starting point
     if is_adapter_folder(config.model):
-        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, trainable=True)
+        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, trainable=True,
+                            quantization=config.quantization)
         load_lora_weights(loaded.model, Path(config.model), REFERENCE, trainable=False)
         reference = REFERENCE
         log(f"policy and reference start from the adapter in {config.model}")
     else:
         fresh = LoraSection(**{**vars(config.lora), "dropout": 0.0})
-        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, fresh=fresh)
+        loaded = load_model(config.model, dtype=dtype, device=device, adapter_name=POLICY, fresh=fresh,
+                            quantization=config.quantization)
         reference = None  # adapters off
         log("policy is a fresh LoRA adapter; the reference is the base model (adapters off)")
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -360,6 +376,11 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         nn.init.zeros_(value_head.weight)
         nn.init.zeros_(value_head.bias)
     roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype)
+    if checkpointing_wanted("rlhf", config):
+        # the model stays in eval mode (no dropout), and a layer's recomputation in the backward pass must run the
+        # adapters its forward ran: recompute_context puts them back
+        enable_gradient_checkpointing(model, recompute_context=roles.recompute_context, in_eval_mode=True)
+        log("gradient checkpointing: activations are recomputed in the backward pass")
     if shared:
         roles.reward_head = load_head(rm_folder, hidden).to(device).requires_grad_(False)
     elif rm_folder is not None:

@@ -1,9 +1,10 @@
 """Run by the 2-process tests under `accelerate launch --num_processes 2`: each rank trains, then writes a digest
 of its policy weights, the prompts it sampled (grouped as encoded) and, if the run stopped, its error message.
 
-    ppo_two_processes.py MODEL REWARD_MODEL PROMPTS OUTPUT [ppo|grpo|nan]
+    ppo_two_processes.py MODEL REWARD_MODEL PROMPTS OUTPUT [ppo|grpo|nan|global]
 
 "nan": rank 1's reward model returns NaN at the first step, and every rank must stop with the message.
+"global": one minibatch per process and epoch (the settings `GLOBAL_BATCH` of the test's 1-process run, halved).
 """
 
 import hashlib
@@ -49,6 +50,9 @@ settings = {"model": model, "reward_model": reward_model, "prompts": prompts, "o
             "rollout.max_new_tokens": 5, "ppo.minibatch_size": 1, "ppo.steps": 2, "ppo.lr": 1e-3, "lora.r": 4}
 if mode == "grpo":
     settings.update({"algo": "grpo", "rollout.batch_size": 6, "rollout.group_size": 3, "ppo.minibatch_size": 3})
+if mode == "global":
+    settings.update({"rollout.batch_size": 2, "ppo.minibatch_size": 2, "ppo.epochs": 1, "rollout.max_new_tokens": 4,
+                     "lora.alpha": 8, "ppo.save_steps": 0, "precision": "fp32"})
 error = None
 try:
     run_rlhf(load_config(RLHFConfig, None, settings), on_step=on_step)

@@ -343,6 +343,31 @@ def test_two_processes_keep_each_prompts_group_on_one_process(tiny_model_dir, ti
     assert ranks[0]["prompts"] != ranks[1]["prompts"]
 
 
+def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """2 processes with 2 responses each against 1 process with 4, one minibatch an epoch: the same prompts (one
+    stream), the same draws per response (fixed by step and global row), whitening over the whole batch, and DDP's
+    average of the two processes' token means equals the one process's token mean when every response has the same
+    number of tokens (a tiny random model never stops early: all run to the 4-token limit). What is left is the
+    order of floating-point sums (in fp32: a bf16 base rounds products of different batch shapes differently, and
+    Adam's normalisation magnifies that in near-zero gradients), so the adapters agree to 1e-5, not to the bit."""
+    from safetensors.torch import load_file
+
+    from posttrain.stages.rlhf import run_rlhf
+
+    run_two_processes(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "two", "global")
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "one", **{
+        "rollout.batch_size": 4, "ppo.minibatch_size": 4, "ppo.epochs": 1, "rollout.max_new_tokens": 4, "ppo.steps": 2,
+        "precision": "fp32"}))
+    for name in ("adapter_model.safetensors", "critic/adapter_model.safetensors", "critic/value_head.safetensors"):
+        one, two = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "two" / name))
+        assert one.keys() == two.keys()
+        moved = [k for k in one if "lora_B" in k or "weight" in k]
+        assert moved and all(torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4) for k in one), name
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
+    assert [h["reward_mean"] for h in a] == pytest.approx([h["reward_mean"] for h in b], abs=1e-5)
+
+
 def test_a_nan_on_one_process_stops_every_process_with_the_message(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     """Rank 1's rewards turn NaN: both ranks agree before raising, so neither hangs in the next collective, and
     both end with the message naming the process."""

@@ -292,3 +292,21 @@ def test_training_log_probs_come_from_fp32_logits_with_a_bf16_base(tiny_model_di
     assert roles.model.get_base_model().dtype == torch.bfloat16
     torch.testing.assert_close(ours, fp32, rtol=0, atol=1e-4)
     assert (ours - bf16).abs().max() > 1e-3
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """With activations recomputed in the backward pass (the model in eval mode, policy and critic rows stacked
+    in one pass, the first minibatch's graph kept across the scoring passes), the run ends with the weights of the
+    run that keeps them: the recomputation runs the adapters its forward ran."""
+    from safetensors.torch import load_file
+
+    from posttrain.stages.rlhf import run_rlhf
+
+    settings = {"precision": "fp32", "ppo.epochs": 2, "rollout.batch_size": 4, "ppo.minibatch_size": 2}
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "kept", **settings))
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "recomputed", gradient_checkpointing="true",
+                        **settings))
+    for name in ("adapter_model.safetensors", "critic/adapter_model.safetensors"):
+        kept, recomputed = load_file(str(tmp_path / "kept" / name)), load_file(str(tmp_path / "recomputed" / name))
+        assert all(torch.allclose(kept[k], recomputed[k], atol=1e-6) for k in kept), name
+        assert any(not torch.equal(kept[k], torch.zeros_like(kept[k])) for k in kept if "lora_B" in k)
