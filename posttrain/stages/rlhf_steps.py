@@ -84,7 +84,8 @@ def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFCo
     log-probs agree to the bit (the PPO ratio is exactly 1). The first minibatch's pass keeps its graph and is
     returned: ``update`` trains on it instead of running it twice (it runs through the trained module, as
     ``update``'s own passes do, and so is the one pass of its optimizer step that syncs gradients only when it is
-    the step's last). The other passes need no gradient and run on the roles directly.
+    the step's last). The other passes need no gradient and run on the roles directly (Roles.score: passes of
+    the training pass's shape, so their log-probs match it to the bit).
     """
     temperature, ppo = config.rollout.temperature, config.ppo
     rollout.order = torch.randperm(len(rollout))
@@ -95,11 +96,14 @@ def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFCo
         old, ref = (torch.zeros(rollout.mask.shape, device=rollout.mask.device) for _ in range(2))
         values = torch.zeros_like(old) if roles.has_critic else None
         for i, view in enumerate(views):
-            out = first if i == 0 else Forward(*roles(view, temperature, with_entropy=False))
-            view.scatter(old, out.logprobs.detach())
+            if i == 0:  # the training pass above gave this view's old log-probs and values
+                view_old, view_values, view_ref = first.logprobs, first.values, roles.reference_logprobs(view, temperature)
+            else:
+                view_old, view_ref, view_values = roles.score(view, temperature)
+            view.scatter(old, view_old.detach())
+            view.scatter(ref, view_ref)
             if values is not None:
-                view.scatter(values, out.values.detach())
-            view.scatter(ref, roles.reference_logprobs(view, temperature))
+                view.scatter(values, view_values.detach())
         rollout.old_logprobs, rollout.ref_logprobs = old.masked_fill(~rollout.mask, 0), ref.masked_fill(~rollout.mask, 0)
         rollout.values = values.masked_fill(~rollout.mask, 0) if values is not None else None
 
