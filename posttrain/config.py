@@ -186,8 +186,10 @@ class RolloutSection:
     temperature: float = doc(0.7, "Sampling temperature for rollouts.", valid=POSITIVE)
     top_p: float = doc(1.0, "Nucleus sampling for rollouts. Must stay 1.0: the PPO ratio and KL use log-probs of the "
                             "full distribution, which a nucleus cut would make wrong.", valid=Range(0, 1, low_open=True))
-    penalise_no_eos: bool = doc(True, "Give responses that hit max_new_tokens without a stop token the score "
-                                      "no_eos_penalty instead of their reward; false switches this off.")
+    penalise_no_eos: bool = doc(False, "Give responses that hit max_new_tokens without a stop token the score "
+                                       "no_eos_penalty instead of their reward (off by default, as TRL's missing_eos_penalty: "
+                                       "where most responses run longer than max_new_tokens it replaces every score and "
+                                       "leaves nothing to learn from); false switches this off.")
     no_eos_penalty: float = doc(-1.0, "The score that replaces the reward of a response that never stopped (when "
                                       "penalise_no_eos). It is a replacement, not a subtraction: 0 makes unfinished "
                                       "responses score 0, which rewards running to the length limit when most scores "

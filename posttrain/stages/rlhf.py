@@ -210,6 +210,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
 
     progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
+    first_step = run.step
     for step in progress:
         started, guard.step = time.time(), step
         # 1. rollout: this process's share of the step's prompts, group_size responses to each
@@ -231,6 +232,8 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         timings["optimise_seconds"] = time.time() - started - sum(timings.values())
         # 6. metrics, held-out evaluation, early stops, checkpoint
         record = log_step(step, rollout, stats, beta, prompts_cut, run, optim, collective, plan, timings, started)
+        if step == first_step and accelerator.is_main_process:
+            warn_if_cut(record, config)
         if heldout.due(step + 1, config.ppo.steps):
             record.update(evaluate_heldout(roles, sources, heldout.rows, config, step, collective))
             if run.stops.observe_eval(record) and accelerator.is_main_process:
@@ -261,6 +264,19 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         write_final(output, config, roles, base_path, run.history, run.samples, run.stops.reason, best, run.start_eval)
     accelerator.wait_for_everyone()
     return output
+
+
+def warn_if_cut(record: dict, config: RLHFConfig) -> None:
+    """Say so when most of the first step's responses ran into the length limit: the reward model then judges cut
+    texts, and with penalise_no_eos every one of them scores the same penalty, which leaves nothing to learn."""
+    share, rollout = record["hit_length_limit"], config.rollout
+    if share <= 0.5:
+        return
+    hint = (f"with --rollout.penalise_no_eos each of them scores {rollout.no_eos_penalty:g} whatever it says; raise "
+            "--rollout.max_new_tokens or set --rollout.penalise_no_eos false" if rollout.penalise_no_eos else
+            "the reward sources judge cut responses; raise --rollout.max_new_tokens if answers need more room")
+    log(f"warning: {share:.0%} of the first step's responses reached --rollout.max_new_tokens "
+        f"({rollout.max_new_tokens}) without a stop token: {hint}.")
 
 
 def log_step(step: int, rollout, stats: dict[str, float], beta: float, prompts_cut: int, run: RunState, optim, collective,

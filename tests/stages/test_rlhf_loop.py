@@ -192,6 +192,31 @@ def test_no_eos_penalty_help_says_what_it_does():
     assert "false switches this off" in docs["rollout.penalise_no_eos"]
 
 
+@pytest.mark.parametrize("penalise", [True, False])
+def test_responses_cut_at_the_length_limit_are_named_at_the_first_step(
+        tiny_model_dir, tiny_rm, prompts_file, tmp_path, capsys, penalise):
+    """A tiny random model never says its stop token, so every response reaches max_new_tokens: the run says so
+    once, and with penalise_no_eos (every score replaced by the penalty) names the switch that gives the signal back."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    records = []
+    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
+        "ppo.steps": 2, "rollout.penalise_no_eos": penalise}), on_step=lambda roles, record: records.append(record))
+    assert [r["hit_length_limit"] for r in records] == [1.0, 1.0]
+    err = capsys.readouterr()
+    warnings = [line for line in (err.out + err.err).splitlines() if "reached --rollout.max_new_tokens" in line]
+    assert len(warnings) == 1, warnings
+    assert ("--rollout.penalise_no_eos false" in warnings[0]) == penalise
+    if penalise:  # the penalty really replaced every score: nothing left to learn from
+        assert all(r["score_used"] == -1.0 for r in records)
+
+
+def test_rl_default_keeps_the_scores_of_cut_responses():
+    from posttrain.config import RLHFConfig
+
+    assert RLHFConfig().rollout.penalise_no_eos is False
+
+
 def test_settings_the_rl_stage_refuses(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     from posttrain.stages.rlhf import run_rlhf
 
