@@ -38,6 +38,7 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.data import DataError, read_rows
+from posttrain.generation import cache_of, with_cache
 
 MC_FORMATS = """\
 Accepted multiple-choice rows (.jsonl, .json array, .parquet):
@@ -244,7 +245,7 @@ def _batch_loglikelihoods(model, pad_id: int, cache, shared: int, batch: list[tu
         past.batch_repeat_interleave(len(batch))
     keep = max(n for *_, n in batch) + 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                   past_key_values=past, use_cache=past is not None, logits_to_keep=keep).logits.float()
+                   use_cache=past is not None, **with_cache(past), logits_to_keep=keep).logits.float()
     logprobs = torch.log_softmax(logits, -1)  # (rows, keep, vocab): column k holds position width - keep + k
     out = []
     for i, (_, _, tokens, n) in enumerate(batch):
@@ -285,7 +286,7 @@ def choice_loglikelihoods(model, tokenizer, requests: list[tuple[str, list[str]]
         # the prefix all of the group's contexts share, at least one token short of the shortest
         shared = min(_common_prefix([ids for *_, ids, _ in items]), min(len(ids) for *_, ids, _ in items) - 1)
         prefix = torch.tensor([items[0][2][:shared]], device=next(model.parameters()).device)
-        cache = model(input_ids=prefix, use_cache=True).past_key_values if shared > 0 else None
+        cache = cache_of(model(input_ids=prefix, use_cache=True)) if shared > 0 else None
         rows = [(r, c, ids[shared:] + cont, len(cont)) for r, c, ids, cont in items]
         for batch in _batches(rows, shared):
             for (r, c, _, _), value in zip(batch, _batch_loglikelihoods(model, tokenizer.pad_token_id or 0, cache, shared, batch)):

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
 from posttrain.data import render_prompt
 from posttrain.models import stop_token_ids
 
@@ -77,6 +79,21 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0, uni
     return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+# transformers 5.2x renamed the KV cache argument and output field from past_key_values to cache (the old name
+# still works, with a warning on every run); the requirement allows both kinds of 5.x
+CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def with_cache(cache) -> dict:
+    """The forward pass's keyword argument for a KV cache (None: start one), under this transformers' name."""
+    return {CACHE: cache}
+
+
+def cache_of(out):
+    """The KV cache a forward pass returned."""
+    return getattr(out, CACHE)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,
@@ -100,8 +117,8 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
-        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(cache))
+        cache = cache_of(out)
         logits = head(out.last_hidden_state[:, -1].contiguous()).float()
         token = next_token(logits, temperature, top_p, None if uniforms is None else uniforms[:, t])
         if with_logprobs:
