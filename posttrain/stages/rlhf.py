@@ -159,6 +159,17 @@ def held_out_prompts(config: RLHFConfig, rows: list[dict]) -> tuple[list[dict], 
     return rows, HeldOut(held[:config.eval.max_prompts], config.eval.every or (10 if held else 0))
 
 
+def refuse_sharded(accelerator) -> None:
+    """The RL stage runs data parallel: every process holds the whole model. Under FSDP or DeepSpeed the rollouts
+    would sample from sharded weights, which the stage does not gather yet, so it stops before loading anything."""
+    kind = getattr(getattr(accelerator, "distributed_type", None), "value", "")
+    if kind in ("FSDP", "DEEPSPEED"):
+        raise StageError(f"posttrain rlhf does not run under {kind} yet (its rollouts would sample from sharded "
+                         "weights): launch it data parallel, `accelerate launch --config_file configs/accelerate/ddp.yaml "
+                         "-m posttrain.cli rlhf ...`; where the base does not fit on one GPU, --quantization 4bit (QLoRA) "
+                         "makes it about a quarter of its bf16 size.")
+
+
 def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=None, accelerator=None) -> Path:
     """Run the online-RL stage as ``config`` says; returns the output folder (a chat checkpoint of the policy).
 
@@ -180,6 +191,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         # buffers (rotary tables) are the same everywhere: no broadcast at every forward
         accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                   kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    refuse_sharded(accelerator)
     rank, world = accelerator.process_index, accelerator.num_processes
     collective = Collective(accelerator)
     torch.manual_seed(config.ppo.seed)  # every process builds identical fresh adapters

@@ -147,6 +147,23 @@ def test_the_stage_hands_every_collective_to_the_accelerator(tiny_model_dir, tin
     assert (tmp_path / "ppo" / "posttrain.json").is_file()
 
 
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_a_sharded_launch_is_refused_before_a_model_loads(tiny_model_dir, tiny_rm, prompts_file, tmp_path, engine):
+    """Rollouts need the whole policy on every process; under FSDP or ZeRO the stage says so and names the launch
+    that works, instead of failing somewhere in generation."""
+    from accelerate.utils import DistributedType
+
+    from posttrain.stages.common import StageError
+    from posttrain.stages.rlhf import run_rlhf
+
+    accelerator = StandInAccelerator(torch.device("cpu"))
+    accelerator.distributed_type = DistributedType[engine]
+    with pytest.raises(StageError, match=f"does not run under {engine}.*configs/accelerate/ddp.yaml"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo"), accelerator=accelerator)
+    assert not accelerator.seen, "a collective ran: the stage got past the check"
+    assert not (tmp_path / "ppo" / "posttrain.json").exists()
+
+
 @pytest.mark.parametrize("prompt", ["Name a fruit.", [{"role": "user", "content": "Name a fruit."}]])
 def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt):
     """One function builds the reward model's input: the score of a prompt and response is the same in the
