@@ -249,7 +249,8 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         if heldout.due(step + 1, config.ppo.steps):
             record.update(evaluate_heldout(roles, sources, heldout.rows, config, step, collective))
             if accelerator.is_main_process:
-                log(f"step {step + 1}: held-out reward {record['eval_reward']:.3f} (start {(run.start_eval or {}).get('eval_reward', float('nan')):.3f})")
+                start = (run.start_eval or {}).get("eval_reward", float("nan"))
+                log(f"step {step + 1}: held-out reward {record['eval_reward']:.3f} (start {start:.3f})")
             if run.stops.observe_eval(record) and accelerator.is_main_process:
                 save_best(output, config, roles, base_path, record)
         if step == 0 or step + 1 == config.ppo.steps:
