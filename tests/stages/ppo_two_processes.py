@@ -50,6 +50,8 @@ settings = {"model": model, "reward_model": reward_model, "prompts": prompts, "o
             "rollout.max_new_tokens": 5, "ppo.minibatch_size": 1, "ppo.steps": 2, "ppo.lr": 1e-3, "lora.r": 4}
 if mode == "grpo":
     settings.update({"algo": "grpo", "rollout.batch_size": 6, "rollout.group_size": 3, "ppo.minibatch_size": 3})
+if mode == "nan":  # the NaN stays on rank 1 (reward normalisation's global moments would spread it to rank 0)
+    settings["ppo.normalize_rewards"] = False
 if mode == "global":
     settings.update({"rollout.batch_size": 2, "ppo.minibatch_size": 2, "ppo.epochs": 1, "rollout.max_new_tokens": 4,
                      "lora.alpha": 8, "ppo.save_steps": 0, "precision": "fp32"})

@@ -218,7 +218,8 @@ def test_responses_cut_at_the_length_limit_are_named_at_the_first_step(
 
     records = []
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
-        "ppo.steps": 2, "rollout.penalise_no_eos": penalise}), on_step=lambda roles, record: records.append(record))
+        "ppo.steps": 2, "rollout.penalise_no_eos": penalise, "ppo.normalize_rewards": False}),
+        on_step=lambda roles, record: records.append(record))
     assert [r["hit_length_limit"] for r in records] == [1.0, 1.0]
     err = capsys.readouterr()
     warnings = [line for line in (err.out + err.err).splitlines() if "reached --rollout.max_new_tokens" in line]
