@@ -415,12 +415,14 @@ def attach_adapter(
 
     ``model`` is a loaded transformers model, a PeftModel that already has adapters, or a folder/hub id/alias.
     ``adapter`` is a saved adapter folder; without one a fresh adapter is made from ``lora`` (defaults: r=16, all
-    linear layers). Returns the PeftModel.
+    linear layers). Returns the PeftModel, each module in the train/eval mode it had (eval for a model from
+    ``from_pretrained``: the adapter's dropout is off until you call ``.train()``).
     """
     from peft import PeftModel, get_peft_model
 
     if isinstance(model, (str, Path)):
         model = load_base_model(str(model))
+    modes = _modes(model)
     if adapter is not None:
         if not is_adapter_folder(adapter):
             raise ModelError(f"{adapter} is not an adapter folder (it has no adapter_config.json).")
@@ -439,7 +441,25 @@ def attach_adapter(
         for param_name, param in model.named_parameters():
             if belongs_to(param_name, name):
                 param.requires_grad_(False)
+    _restore_modes(model, modes)
     return model
+
+
+def _modes(model: torch.nn.Module) -> dict[torch.nn.Module, bool]:
+    """Each module's train/eval flag, to put back after peft has changed the model."""
+    return {module: module.training for module in model.modules()}
+
+
+def _restore_modes(model: torch.nn.Module, modes: dict[torch.nn.Module, bool]) -> None:
+    """Put back the flags :func:`_modes` took; a module peft added (LoRA layers and their dropout, the PeftModel
+    wrapper) takes its parent's. peft leaves new modules in training mode (nn.Module's default), so an adapter on a
+    model in eval mode would run live dropout, and loads a frozen adapter by switching the whole model to eval."""
+    top = next(iter(modes.values()), model.training)
+    parents: dict[str, bool] = {}
+    for name, module in model.named_modules():
+        flag = modes.get(module, parents.get(name.rpartition(".")[0], top) if name else top)
+        module.training = flag  # per module, not .train(), which would overwrite the children's own flags
+        parents[name] = flag
 
 
 def belongs_to(param_name: str, adapter: str) -> bool:
