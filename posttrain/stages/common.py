@@ -76,56 +76,6 @@ def trainer_placement(args: Any, train: TrainSection) -> tuple[torch.device, tor
     return (args.device if train.quantization != "none" else torch.device("cpu")), dtype
 
 
-def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
-    """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig)."""
-    dtype = default_dtype(default_device(), train.precision)
-    eval_every = train.eval_steps or None
-    return dict(
-        output_dir=str(output / CHECKPOINTS),
-        learning_rate=train.lr,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
-        warmup_steps=train.warmup_ratio,
-        lr_scheduler_type=train.scheduler,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        seed=train.seed,
-        data_seed=train.seed,
-        logging_steps=train.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps" if train.save_steps > 0 else "no",
-        save_steps=train.save_steps or 500,
-        save_total_limit=2,
-        eval_strategy=("steps" if eval_every else "no") if has_eval else "no",
-        eval_steps=eval_every,
-        gradient_checkpointing=checkpointing,
-        # non-reentrant: works with a frozen embedding (LoRA) and with FSDP2; TRL switches to reentrant where
-        # DeepSpeed ZeRO-3 with peft needs it
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        dataloader_num_workers=0,
-        max_length=train.max_length,
-    )
-
-
-def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False, **extra: Any):
-    """A TRL config (``trl.RewardConfig``, ``trl.DPOConfig``, ...) from :func:`trainer_kwargs`, keeping only the
-    keys ``cls`` knows, plus the stage's own ``extra`` settings. Make it before the model loads (see
-    :func:`trainer_placement`): it sets up accelerate's process state, and under DeepSpeed ZeRO-3 it is what lets
-    transformers build the model already sharded."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(cls)}
-    shared = {k: v for k, v in trainer_kwargs(train, output, has_eval, checkpointing).items() if k in known and k not in extra}
-    return cls(**shared, **extra)
-
-
 # ---------------------------------------------------------------------------------------------
 # The output folder: one writer at a time, checkpoints of one run
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +142,15 @@ def checkpoint_folders(output: Path) -> list[Path]:
 
 
 def check_start(output: Path, config: Any) -> None:
-    """Before a stage reads data or loads a model: ``--resume`` needs a checkpoint, of a run with the same settings
+    """Before a stage reads data or loads a model: ``train.extra`` names fields of the stage's TRL config; ``--resume``
+    needs a checkpoint, of a run with the same settings
     (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its checkpoints with an earlier run's."""
+    train = getattr(config, "train", None)
+    if getattr(train, "extra", None):  # a misspelt TRL field fails here, not after the data is read
+        from posttrain.config_aliases import trl_config_class
+        from posttrain.stages.trl_args import checked_extra
+
+        checked_extra(config, trl_config_class(type(config)))
     found = checkpoint_folders(output)
     if config.resume and not found:
         raise StageError(f"--resume: no checkpoint under {output / CHECKPOINTS}. Run without --resume to start, and set "

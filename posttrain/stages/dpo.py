@@ -34,8 +34,8 @@ from posttrain.stages.common import (
     report_trainable,
     save_stage_files,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
 
 # The losses trl.DPOTrainer (1.16) implements, by the names it takes; a comma list combines them (e.g. MPO).
@@ -202,7 +202,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then policy and reference on one copy of the
     # base weights, built where the trainer expects them
-    args = trl_config(trl.DPOConfig, train, Path(config.output), has_eval=bool(held_rows),
+    args = trl_config(trl.DPOConfig, config, has_eval=bool(held_rows),
                       checkpointing=gradient_checkpointing("dpo", config),
                       beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
     device, dtype = trainer_placement(args, train)

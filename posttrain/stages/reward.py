@@ -30,8 +30,8 @@ from posttrain.stages.common import (
     report_trainable,
     save_stage_files,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
 from posttrain.stages.trainer_run import resume_point, run_trainer
 
@@ -229,7 +229,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then the base model with a scalar head and
     # LoRA on the body, built where the trainer expects it
-    args = trl_config(trl.RewardConfig, train, Path(config.output), has_eval=bool(held_pairs.chosen),
+    args = trl_config(trl.RewardConfig, config, has_eval=bool(held_pairs.chosen),
                       checkpointing=gradient_checkpointing("rm", config))
     device, dtype = trainer_placement(args, train)
     model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,

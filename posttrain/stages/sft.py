@@ -21,8 +21,8 @@ from posttrain.stages.common import (
     report_trainable,
     save_stage_files,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
 
 
@@ -55,7 +55,7 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 3. the trainer's settings first (accelerate's process state), then the model with a LoRA adapter where the
     # trainer expects it (seeded first: LoRA A starts random)
-    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
+    args = trl_config(trl.SFTConfig, config, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
                       packing=config.packing, padding_free=config.packing, completion_only_loss=False,
                       assistant_only_loss=False)
     device, dtype = trainer_placement(args, train)
