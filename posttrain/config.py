@@ -121,6 +121,14 @@ class TrainSection:
 
 
 
+Tracker = Literal["auto", "tensorboard", "wandb", "trackio", "none"]
+
+
+def _report_to() -> Any:
+    return doc("auto", "Where to log training metrics: tensorboard (event files in <output>/logs), wandb, trackio or none; "
+                       "'auto' is tensorboard when it is installed, else none.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage configs
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +142,7 @@ class SFTConfig:
     output: str = doc("", "Checkpoint folder to write.", required=True)
     eval_data: str = doc("", "Optional separate evaluation file (overrides train.eval_split).")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
     loss_on: Literal["assistant", "all"] = doc("assistant", "Train on assistant tokens only, or on the full sequence.")
     packing: bool = doc(False, "Pack several examples per row (padding-free, faster on long data).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings.")
@@ -151,6 +160,7 @@ class RewardConfig:
     data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).", required=True)
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: one pass over the pairs at "
                                  "batch 4 and lr 3e-4 (LoRA-sized), not TRL's 2 epochs at 1e-4.",
@@ -172,6 +182,7 @@ class DPOConfig:
     data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).", required=True)
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
     beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
@@ -274,6 +285,7 @@ class RLHFConfig:
     eval_prompts: str = doc("", "Held-out prompt file scored every eval.every steps (see eval.share for a split instead).")
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
     precision: Literal["auto", "bf16", "fp32"] = doc(
         "auto", "Storage of the shared frozen base: 'auto' is bf16 on a GPU or CPU with fast bf16 (AVX512-BF16/AMX), "
                 "else fp32. Adapters, heads and optimizer state are always fp32.")

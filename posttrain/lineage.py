@@ -20,7 +20,7 @@ MANIFEST = "lineage.json"
 # Content hashes and the lineage manifest
 # ---------------------------------------------------------------------------------------------
 
-SKIP_IN_HASH = {"checkpoints", ".writing", "__pycache__"}
+SKIP_IN_HASH = {"checkpoints", ".writing", "__pycache__", "logs"}  # logs: tracker event files (--report_to), not the model
 _hash_cache: dict[tuple, str] = {}
 
 

@@ -1,5 +1,5 @@
 """The TRL config (``trl.SFTConfig``, ``trl.RewardConfig``, ``trl.DPOConfig``) a stage trains with: posttrain's
-settings under TRL's names, the stage's own settings, and ``train.extra`` passed through as the user
+settings under TRL's names, the stage's own settings, the tracker, and ``train.extra`` passed through as the user
 wrote it, checked against the TRL config's fields. Nothing is dropped: a name TRL's config lacks is an error."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from posttrain.config import ConfigError, TrainSection
 from posttrain.config_aliases import aliases
 from posttrain.models import default_device, default_dtype
 from posttrain.run_folder import CHECKPOINTS
+from posttrain.tracking import trainer_settings
 
 # TRL fields posttrain sets its own way (its resume, folder layout, data handling and publishing depend on them),
 # and the setting to change instead
@@ -61,7 +62,6 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpoint
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
-        report_to="none",
         dataloader_num_workers=0,
         max_length=train.max_length,
     )
@@ -155,11 +155,11 @@ def checked_extra(config: Any, trl_cls: type, stage_settings: dict[str, Any] | N
 
 def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = False, **stage_settings: Any):
     """A TRL config (``trl.SFTConfig``, ``trl.RewardConfig``, ``trl.DPOConfig``) from :func:`trainer_kwargs`, the
-    stage's own ``stage_settings`` and ``train.extra``. Make it before the model
+    tracker of ``--report_to``, the stage's own ``stage_settings`` and ``train.extra``. Make it before the model
     loads (see stages.common.trainer_placement): it sets up accelerate's process state, and under DeepSpeed ZeRO-3
     it is what lets transformers build the model already sharded."""
     output = Path(config.output)
-    shared = trainer_kwargs(config.train, output, has_eval, checkpointing)
+    shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing), **trainer_settings(config.report_to, output)}
     known = _fields(cls)
     unknown = sorted(set(shared) - set(known))
     if unknown:  # a TRL release that renamed a field: say so rather than train without the setting
