@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.config import ConfigError, doc, field_docs, field_ranges, load_config, section_docs
+from posttrain.config import ConfigError, doc, field_docs, field_kinds, field_ranges, load_config, section_docs
 
 
 @dataclass
@@ -165,15 +165,25 @@ def print_help(name: str | None = None) -> None:
     entry = COMMANDS[name]
     head = f" [{entry.positional.upper()}]" if entry.positional else ""
     print(f"usage: posttrain {name}{head} [--config FILE] [--key value ...]\n\n{entry.summary}\n\noptions:")
-    ranges = field_ranges(entry.config())
-    sections, shown = section_docs(entry.config()), set()
-    for key, text, default in field_docs(entry.config()):
+    from typing import Literal, get_args, get_origin
+
+    from posttrain.config_aliases import names_of
+
+    cls = entry.config()
+    ranges, kinds, aliases = field_ranges(cls), field_kinds(cls), names_of(cls)
+    sections, shown = section_docs(cls), set()
+    for key, text, default in field_docs(cls):
         section = key.split(".")[0] if "." in key else None
         if section in sections and section not in shown:
             shown.add(section)
             print(f"  {section}: {sections[section]}")
+        kind, metadata = kinds[key]
         valid = f"; {ranges[key]}" if key in ranges else ""
-        print(f"  --{key:<30} {text} (default: {default!r}{valid})")
+        if get_origin(kind) is Literal:
+            valid += f"; one of {', '.join(map(str, get_args(kind)))}"
+        also = f" [also {', '.join('--' + a for a in sorted(aliases[key], key=len))}]" if key in aliases else ""
+        given = "(required)" if metadata.get("required") else f"(default: {default!r}{valid})"
+        print(f"  --{key:<30} {text} {given}{also}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if ("--help" in rest or "-h" in rest) and not COMMANDS[name].raw:
         print_help(name)
+        return 0
+    if COMMANDS[name].raw and (not rest or rest[0] in ("-h", "--help")):
+        COMMANDS[name].run()(rest)  # its own usage, before the error table below (it imports torch) loads
         return 0
     from posttrain.errors import USER_ERRORS
 

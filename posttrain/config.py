@@ -361,6 +361,18 @@ def field_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
     return ranges
 
 
+def field_kinds(cls: type, prefix: str = "") -> dict[str, tuple[Any, dict]]:
+    """(type, metadata) of every leaf field by dotted name, for --help: required fields, Literal choices."""
+    kinds = {}
+    hints = _resolved_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kinds.update(field_kinds(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            kinds[prefix + f.name] = (hints[f.name], dict(f.metadata))
+    return kinds
+
+
 def section_docs(cls: type) -> dict[str, str]:
     """The one-line doc of each top-level section of a config dataclass, by name (e.g. 'train')."""
     hints = _resolved_hints(cls)
