@@ -124,6 +124,11 @@ class TrainSection:
 Tracker = Literal["auto", "tensorboard", "wandb", "trackio", "none"]
 
 
+def _push_to_hub() -> Any:
+    return doc("", "Upload the finished output folder (model card, adapter, tokenizer, metrics) to this hub repo "
+                   "(org/name); needs a token (`hf auth login` or HF_TOKEN). Same as `posttrain push OUTPUT REPO`.")
+
+
 def _report_to() -> Any:
     return doc("auto", "Where to log training metrics: tensorboard (event files in <output>/logs), wandb, trackio or none; "
                        "'auto' is tensorboard when it is installed, else none.")
@@ -143,6 +148,7 @@ class SFTConfig:
     eval_data: str = doc("", "Optional separate evaluation file (overrides train.eval_split).")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     loss_on: Literal["assistant", "all"] = doc("assistant", "Train on assistant tokens only, or on the full sequence.")
     packing: bool = doc(False, "Pack several examples per row (padding-free, faster on long data).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings.")
@@ -161,6 +167,7 @@ class RewardConfig:
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: one pass over the pairs at "
                                  "batch 4 and lr 3e-4 (LoRA-sized), not TRL's 2 epochs at 1e-4.",
@@ -183,6 +190,7 @@ class DPOConfig:
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
@@ -286,6 +294,7 @@ class RLHFConfig:
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     precision: Literal["auto", "bf16", "fp32"] = doc(
         "auto", "Storage of the shared frozen base: 'auto' is bf16 on a GPU or CPU with fast bf16 (AVX512-BF16/AMX), "
                 "else fp32. Adapters, heads and optimizer state are always fp32.")

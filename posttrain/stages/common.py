@@ -30,7 +30,7 @@ from posttrain.run_folder import CHECKPOINTS, LOCK_FILE, SCRATCH, read_lock
 RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
 # settings a resumed run may change: they decide what is logged and saved, not what is trained
-FREE_ON_RESUME = {"resume", "output", "report_to", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
+FREE_ON_RESUME = {"resume", "output", "report_to", "push_to_hub", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
 
@@ -142,14 +142,18 @@ def checkpoint_folders(output: Path) -> list[Path]:
 
 
 def check_start(output: Path, config: Any) -> None:
-    """Before a stage reads data or loads a model: ``--report_to`` names an installed tracker, ``train.extra`` fields
-    of the stage's TRL config; ``--resume``
-    needs a checkpoint, of a run with the same settings
-    (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its checkpoints with an earlier run's."""
+    """Before a stage reads data or loads a model: ``--report_to`` names an installed tracker, ``--push_to_hub`` a
+    hub it can reach, ``train.extra`` fields of the stage's TRL config; ``--resume`` needs a checkpoint, of a run
+    with the same settings (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its
+    checkpoints with an earlier run's."""
     if hasattr(config, "report_to"):  # a tracker that is not installed fails here, not after the data is read
         from posttrain.tracking import resolve_report_to
 
         resolve_report_to(config.report_to)
+    if getattr(config, "push_to_hub", ""):  # offline or without a token: said now, not after the run trained
+        from posttrain.hub import check_push
+
+        check_push(config.push_to_hub)
     train = getattr(config, "train", None)
     if getattr(train, "extra", None):  # a misspelt TRL field fails here, not after the data is read
         from posttrain.config_aliases import trl_config_class

@@ -23,6 +23,8 @@ from posttrain.tracking import trainer_settings
 # and the setting to change instead
 PINNED = {
     "output_dir": "--output", "report_to": "--report_to", "run_name": "--output (the run is named after it)",
+    "push_to_hub": "--push_to_hub REPO", "hub_model_id": "--push_to_hub REPO",
+    "hub_strategy": "--push_to_hub REPO (the finished folder is uploaded once)",
     "eval_strategy": "--train.eval_steps and --train.eval_split", "save_strategy": "--train.save_steps",
     "resume_from_checkpoint": "--resume", "max_length": "--train.max_length", "seed": "--train.seed",
     "max_steps": "--train.max_steps", "save_steps": "--train.save_steps", "gradient_checkpointing": "--train.gradient_checkpointing",
