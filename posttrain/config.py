@@ -124,6 +124,19 @@ class TrainSection:
 Tracker = Literal["auto", "tensorboard", "wandb", "trackio", "none"]
 
 
+def _data_split() -> Any:
+    return doc("", "Split of a hub dataset or a datasets folder to read (default: 'train', else its only split).")
+
+
+def _data_subset() -> Any:
+    return doc("", "Subset (configuration) of a hub dataset, e.g. 'main'.")
+
+
+def _data_columns() -> Any:
+    return doc({}, "Columns named otherwise in the data, as posttrain's name=the data's column "
+                   "(--data_columns prompt=question,completion=answer).")
+
+
 def _push_to_hub() -> Any:
     return doc("", "Upload the finished output folder (model card, adapter, tokenizer, metrics) to this hub repo "
                    "(org/name); needs a token (`hf auth login` or HF_TOKEN). Same as `posttrain push OUTPUT REPO`.")
@@ -142,9 +155,12 @@ def _report_to() -> Any:
 @dataclass
 class SFTConfig:
     model: str = doc("smollm2-135m-instruct", "Base model: a local folder, a hub id, or the alias 'smollm2-135m-instruct'.")
-    data: str = doc("", "Training data: .jsonl, .json, .parquet or a datasets folder (see README: Data formats).",
-                    required=True)
+    data: str = doc("", "Training data: .jsonl, .json, .parquet, a datasets folder or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
     output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
     eval_data: str = doc("", "Optional separate evaluation file (overrides train.eval_split).")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
@@ -163,8 +179,12 @@ def _train(text: str = "Optimisation settings.", **overrides) -> Any:
 @dataclass
 class RewardConfig:
     model: str = doc("smollm2-135m-instruct", "Base model or SFT checkpoint to build the reward model on.")
-    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).", required=True)
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows, a file or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
     output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()
@@ -186,8 +206,12 @@ class ScoreConfig:
 @dataclass
 class DPOConfig:
     model: str = doc("smollm2-135m-instruct", "Base model, or an SFT checkpoint (its adapter is the start and the reference).")
-    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).", required=True)
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows, a file or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
     output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()

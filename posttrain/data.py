@@ -19,11 +19,13 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 SFT_FORMATS = """\
-Accepted SFT formats (one JSON object per line in .jsonl; a JSON array in .json; rows in .parquet or a datasets folder):
+Accepted SFT formats (one JSON object per line in .jsonl; a JSON array in .json; rows in .parquet, a datasets folder
+or a hub dataset org/name; --data_columns renames columns named otherwise):
   messages:           {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
   prompt/completion:  {"prompt": "...", "completion": "..."}  (or both as lists of messages)
   alpaca:             {"instruction": "...", "input": "...", "output": "..."}
-  sharegpt:           {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}"""
+  sharegpt:           {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}
+  plain text:         {"text": "..."}  (every token is trained)"""
 
 PREFERENCE_FORMATS = """\
 Accepted preference formats:
@@ -68,12 +70,30 @@ class Table:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
-    """Rows of a .jsonl/.json/.parquet file or a saved ``datasets`` folder, each with its place in the file."""
-    path = Path(path)
+def read_rows(path: str | Path, formats: str = SFT_FORMATS, split: str = "", subset: str = "",
+              columns: dict[str, str] | None = None) -> list[Row]:
+    """Rows of a .jsonl/.json/.parquet file, a saved ``datasets`` folder, a folder of data files or a hub dataset
+    (see data_hub.py), each with its place in the file, columns renamed by ``columns``."""
+    from posttrain.data_hub import is_saved_dataset, load_dataset_rows, map_columns
+    from posttrain.hub import is_hub_id
+
+    source = str(path)
+    if is_hub_id(source) or (Path(path).is_dir() and not is_saved_dataset(Path(path))):
+        rows = load_dataset_rows(source, split, subset, formats)
+        if not rows:
+            raise DataError(source, None, "the dataset is empty.", formats)
+        return map_columns(rows, columns or {}, source, formats)
+    if subset or (split and not Path(path).is_dir()):
+        raise ConfigError(f"{source}: --data_split and --data_subset choose within a hub dataset or a datasets folder, "
+                          "not a file; leave them out.")
+    rows = _file_rows(Path(path), formats, split)
+    return map_columns(rows, columns or {}, source, formats)
+
+
+def _file_rows(path: Path, formats: str, split: str) -> list[Row]:
     source = str(path)
     if not path.exists():
-        raise DataError(source, None, "no such file or folder.")
+        raise DataError(source, None, "no such file or folder (a hub dataset is given as org/name).")
     if path.is_dir():
         try:
             from datasets import load_from_disk
@@ -81,8 +101,9 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
             dataset = load_from_disk(str(path))
         except Exception as err:  # noqa: BLE001 - any failure here means "not a datasets folder"
             raise DataError(source, None, f"is a folder but not a saved `datasets` dataset ({err}).", formats) from None
-        if hasattr(dataset, "keys"):  # DatasetDict: take the training split
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+        from posttrain.data_hub import pick_split
+
+        dataset, _ = pick_split(dataset, split, source)  # a DatasetDict: --data_split, else train, else the only one
         rows = [Row(dict(r), f"row {i + 1}") for i, r in enumerate(dataset)]
     elif path.suffix == ".jsonl":
         rows = []
@@ -220,23 +241,26 @@ def sft_example(row: Row, source: str) -> dict[str, Any]:
             return {"messages": prompt + completion}
         return {"prompt": _text(data["prompt"], source, where, "prompt", formats),
                 "completion": _text(data["completion"], source, where, "completion", formats)}
+    if "text" in data:
+        return {"text": _text(data["text"], source, where, "text", formats)}
     raise DataError(source, where, f"no recognised fields (found {sorted(data)}).", formats)
 
 
-def load_sft(path: str | Path) -> Table:
+def load_sft(path: str | Path, split: str = "", subset: str = "", columns: dict[str, str] | None = None) -> Table:
     source = str(path)
-    rows = read_rows(path, SFT_FORMATS)
+    rows = read_rows(path, SFT_FORMATS, split, subset, columns)
     examples = [sft_example(row, source) for row in rows]
     _check_one_kind(examples, rows, source, SFT_FORMATS)
     return Table(source, examples, [r.where for r in rows])
 
 
 def _check_one_kind(examples: list[dict], rows: list[Row], source: str, formats: str) -> None:
-    kinds = ["messages" in e for e in examples]
+    names = {"messages": "conversational", "prompt": "plain-text prompt/completion", "text": "plain text"}
+    kinds = [next(k for k in names if k in e) for e in examples]
     for kind, row in zip(kinds, rows):
         if kind != kinds[0]:
-            first = "conversational" if kinds[0] else "plain text"
-            raise DataError(source, row.where, f"mixes plain-text and conversational rows (the first row is {first}); use one kind per file.", formats)
+            raise DataError(source, row.where, f"mixes {names[kind]} rows with {names[kinds[0]]} ones (the first row is "
+                                               f"{names[kinds[0]]}); use one kind per file.", formats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +306,9 @@ def preference_example(row: Row, source: str) -> dict[str, Any]:
     return example
 
 
-def load_preferences(path: str | Path) -> Table:
+def load_preferences(path: str | Path, split: str = "", subset: str = "", columns: dict[str, str] | None = None) -> Table:
     source = str(path)
-    rows = read_rows(path, PREFERENCE_FORMATS)
+    rows = read_rows(path, PREFERENCE_FORMATS, split, subset, columns)
     examples = [preference_example(row, source) for row in rows]
     kinds = [isinstance(e["prompt"], list) for e in examples]
     for kind, row in zip(kinds, rows):
@@ -413,6 +437,8 @@ def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, los
         labels: list[int] = []
         if "messages" in example:
             pieces = list(_segments(tokenizer, example["messages"]))
+        elif "text" in example:  # plain text: no prompt, every token is trained
+            pieces = [(example["text"] + (tokenizer.eos_token or ""), True)]
         else:
             pieces = [(example["prompt"], False), (example["completion"] + (tokenizer.eos_token or ""), True)]
         for text, trained in pieces:

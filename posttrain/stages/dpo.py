@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import is_adapter_folder, load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
@@ -178,7 +179,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_preferences(config.data)
+    table = load_preferences(config.data, **data_options(config))
     rows = [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in table.rows]
     if "margin" in table.rows[0]:
         log("the data has per-pair margins; DPO does not use them (they are for `posttrain rm`)")

@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
@@ -210,7 +211,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_preferences(config.data)
+    table = load_preferences(config.data, **data_options(config))
     train_rows, held_rows = split_holdout(table.rows, train.eval_split, train.seed)
     resume_from = resume_point(config)
 

@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
@@ -36,8 +37,8 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_sft(config.data)
-    eval_table = load_sft(config.eval_data) if config.eval_data else None
+    table = load_sft(config.data, **data_options(config))
+    eval_table = load_sft(config.eval_data, columns=config.data_columns) if config.eval_data else None
     resume_from = resume_point(config)
 
     # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
