@@ -11,7 +11,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from posttrain.config import ConfigError
 
@@ -358,11 +359,34 @@ def load_prompts(path: str | Path) -> Table:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def chat_template_errors(source: str, where: str | None) -> Iterator[None]:
+    """A conversation the chat template refuses (a role it has no place for, turns that do not alternate: the
+    template's raise_exception, or transformers' ValueError) as one DataError naming the row."""
+    from jinja2 import TemplateError
+
+    try:
+        yield
+    except (TemplateError, ValueError) as err:
+        if isinstance(err, (DataError, ConfigError)):  # already one clear message (ConfigError is a ValueError)
+            raise
+        raise DataError(source, where, f"the model's chat template refused this conversation: {str(err).splitlines()[0]}. "
+                        "Change the row to what the template accepts (e.g. fold a system message into the first user "
+                        "turn, or alternate user and assistant turns), or train a model whose template takes it.") from None
+
+
+def _where(messages: list[dict[str, str]]) -> str:
+    """A conversation named by its first words, where its row is not known."""
+    first = next((m["content"] for m in messages if m.get("content")), "")
+    return f"the conversation starting {first[:40]!r}"
+
+
 def render_prompt(tokenizer, prompt: list[dict[str, str]] | str) -> str:
     """Prompt text ready for generation: the chat template with the assistant header, or plain text."""
     if isinstance(prompt, str):
         return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    with chat_template_errors("the data", _where(prompt)):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str) -> str:
@@ -375,7 +399,8 @@ def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: lis
         return prompt + response
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     messages += [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    with chat_template_errors("the data", _where(messages)):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def encode_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str,
@@ -429,14 +454,17 @@ class TokenisedSFT:
     dropped: int  # rows with no trainable token left after the cut
 
 
-def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, loss_on: str = "assistant") -> TokenisedSFT:
-    """Token ids and labels (-100 where no loss) for each SFT example; cuts to ``max_length`` and counts the cuts."""
+def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, loss_on: str = "assistant",
+                 source: str = "the data", places: list[str] | None = None) -> TokenisedSFT:
+    """Token ids and labels (-100 where no loss) for each SFT example; cuts to ``max_length`` and counts the cuts.
+    ``source`` and ``places`` (a Table's) name the row the chat template refuses, if it refuses one."""
     rows, truncated, dropped = [], 0, 0
-    for example in examples:
+    for index, example in enumerate(examples):
         ids: list[int] = []
         labels: list[int] = []
         if "messages" in example:
-            pieces = list(_segments(tokenizer, example["messages"]))
+            with chat_template_errors(source, places[index] if places else f"example {index + 1}"):
+                pieces = list(_segments(tokenizer, example["messages"]))
         elif "text" in example:  # plain text: no prompt, every token is trained
             pieces = [(example["text"] + (tokenizer.eos_token or ""), True)]
         else:

@@ -123,3 +123,24 @@ def test_sft_trains_on_a_dataset_repo_through_trl_names(tmp_path, tiny_model_dir
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["final"]["rows"] == 6 and metrics["final"]["steps"] == 2
     assert [h for h in metrics["history"] if "loss" in h]
+
+
+def test_a_conversation_the_chat_template_refuses_is_one_error_naming_the_row(tmp_path, tokenizer):
+    import copy
+
+    from posttrain.data import render_prompt
+
+    strict = copy.deepcopy(tokenizer)  # a Gemma-like template: no system role
+    strict.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                            "{% endif %}" + tokenizer.chat_template)
+    rows = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Yo"}]}])
+    table = load_sft(rows)
+    with pytest.raises(DataError) as err:
+        tokenise_sft(table.rows, strict, 64, "assistant", table.source, table.places)
+    assert str(err.value).startswith(f"{rows}, line 2: the model's chat template refused this conversation: "
+                                     "System role not supported.")
+    with pytest.raises(DataError, match="the conversation starting 'Be terse.': the model's chat template refused"):
+        render_prompt(strict, table.rows[1]["messages"][:2])

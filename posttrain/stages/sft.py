@@ -43,10 +43,11 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
     tokenizer = model_tokenizer(config.model)
-    tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on)
+    tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on, table.source, table.places)
     rows = tokenised.rows
     if eval_table is not None:
-        held = tokenise_sft(eval_table.rows, tokenizer, train.max_length, config.loss_on).rows
+        held = tokenise_sft(eval_table.rows, tokenizer, train.max_length, config.loss_on, eval_table.source,
+                            eval_table.places).rows
     else:
         rows, held = split_holdout(rows, train.eval_split, train.seed)
     if tokenised.truncated or tokenised.dropped:
