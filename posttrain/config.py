@@ -137,6 +137,11 @@ def _data_columns() -> Any:
                    "(--data_columns prompt=question,completion=answer).")
 
 
+def _chat_template() -> Any:
+    return doc("", "Chat template to use instead of the model's: a Jinja file, a built-in name (chatml), or a model "
+                   "(folder or hub id) whose template to take. It is saved with the checkpoint's tokenizer.")
+
+
 def _push_to_hub() -> Any:
     return doc("", "Upload the finished output folder (model card, adapter, tokenizer, metrics) to this hub repo "
                    "(org/name); needs a token (`hf auth login` or HF_TOKEN). Same as `posttrain push OUTPUT REPO`.")
@@ -161,6 +166,7 @@ class SFTConfig:
     data_split: str = _data_split()
     data_subset: str = _data_subset()
     data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     eval_data: str = doc("", "Optional separate evaluation file (overrides train.eval_split).")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
@@ -185,6 +191,7 @@ class RewardConfig:
     data_split: str = _data_split()
     data_subset: str = _data_subset()
     data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()
@@ -212,6 +219,7 @@ class DPOConfig:
     data_split: str = _data_split()
     data_subset: str = _data_subset()
     data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()

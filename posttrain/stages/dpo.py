@@ -38,6 +38,7 @@ from posttrain.stages.common import (
 )
 from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 # The losses trl.DPOTrainer (1.16) implements, by the names it takes; a comma list combines them (e.g. MPO).
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -187,7 +188,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     resume_from = resume_point(config)
 
     # 2. count what max_length cuts, with the chat template TRL will apply
-    tokenizer = model_tokenizer(config.model)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
     eos = tokenizer.eos_token or ""
     over = count_over_length(rows, tokenizer, train.max_length, plain_suffix=eos)
     prompt_full = sum(

@@ -35,6 +35,7 @@ from posttrain.stages.common import (
 from posttrain.stages.trl_args import trl_config
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
 
@@ -216,7 +217,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     resume_from = resume_point(config)
 
     # 2. tokenise with the chat template ourselves: the same rendering score() and PPO use, cuts counted
-    tokenizer = model_tokenizer(config.model)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
     train_pairs, over_train = tokenise_pairs(train_rows, tokenizer, train.max_length)
     held_pairs, over_held = tokenise_pairs(held_rows, tokenizer, train.max_length)
     over = over_train + over_held

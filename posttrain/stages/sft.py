@@ -25,6 +25,7 @@ from posttrain.stages.common import (
 )
 from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 
 def run_sft(config: SFTConfig) -> Path:
@@ -42,7 +43,7 @@ def run_sft(config: SFTConfig) -> Path:
     resume_from = resume_point(config)
 
     # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
-    tokenizer = model_tokenizer(config.model)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
     tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on, table.source, table.places)
     rows = tokenised.rows
     if eval_table is not None:

@@ -28,7 +28,7 @@ PINNED = {
     "eval_strategy": "--train.eval_steps and --train.eval_split", "save_strategy": "--train.save_steps",
     "resume_from_checkpoint": "--resume", "max_length": "--train.max_length", "seed": "--train.seed",
     "max_steps": "--train.max_steps", "save_steps": "--train.save_steps", "gradient_checkpointing": "--train.gradient_checkpointing",
-    "dataset_text_field": "--data_columns text=COLUMN",
+    "dataset_text_field": "--data_columns text=COLUMN", "chat_template_path": "--chat_template",
     "completion_only_loss": "--loss_on", "assistant_only_loss": "--loss_on", "padding_free": "--packing",
 }
 
