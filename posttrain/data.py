@@ -16,13 +16,15 @@ from typing import Any, Iterable, Iterator
 
 from posttrain.config import ConfigError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 SFT_FORMATS = """\
 Accepted SFT formats (one JSON object per line in .jsonl; a JSON array in .json; rows in .parquet, a datasets folder
 or a hub dataset org/name; --data_columns renames columns named otherwise):
-  messages:           {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+  messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
+                      (an assistant turn may hold "tool_calls": [{"type": "function", "function": {"name": ...,
+                      "arguments": {...}}}], where the chat template renders them)
   prompt/completion:  {"prompt": "...", "completion": "..."}  (or both as lists of messages)
   alpaca:             {"instruction": "...", "input": "...", "output": "..."}
   sharegpt:           {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}
@@ -179,13 +181,21 @@ def _messages(value: Any, source: str, where: str, name: str, formats: str) -> l
     messages = []
     for i, message in enumerate(value):
         here = f"{name}[{i}]"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        if not isinstance(message, dict) or "role" not in message or ("content" not in message and not message.get("tool_calls")):
             raise DataError(source, where, f"field '{here}' must be an object with 'role' and 'content'.", formats)
         role = message["role"]
         if role not in ROLES:
             raise DataError(source, where, f"field '{here}.role' is {role!r}, an unknown role; use one of {', '.join(ROLES)}.", formats)
-        content = _text(message["content"], source, where, f"{here}.content", formats, allow_empty=role != "assistant")
-        messages.append({"role": role, "content": content})
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                for c in calls)):
+            raise DataError(source, where, f"field '{here}.tool_calls' must be on an assistant turn, a list of "
+                                           '{"type": "function", "function": {"name": ..., "arguments": ...}}.', formats)
+        content = _text(message.get("content") if message.get("content") is not None or not calls else "", source, where,
+                        f"{here}.content", formats, allow_empty=role != "assistant" or bool(calls))
+        messages.append({"role": role, "content": content,
+                         **{k: message[k] for k in ("tool_calls", "name", "tool_call_id") if message.get(k) is not None}})
     return messages
 
 
@@ -375,6 +385,21 @@ def chat_template_errors(source: str, where: str | None) -> Iterator[None]:
                         "turn, or alternate user and assistant turns), or train a model whose template takes it.") from None
 
 
+def check_tools_rendered(tokenizer, messages: list[dict[str, Any]]) -> None:
+    """Refuse a conversation with tool calls or tool results that the chat template leaves out of its text (many
+    templates have no place for them): training on it would drop them without a word."""
+    calls = [c["function"]["name"] for m in messages for c in m.get("tool_calls", [])]
+    results = [m["content"] for m in messages if m["role"] == "tool" and m["content"].strip()]
+    if not calls and not results:
+        return
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    missing = [f"the tool call {name!r}" for name in calls if name not in text]
+    missing += [f"the tool result {content[:30]!r}" for content in results if content not in text]
+    if missing:
+        raise ValueError(f"it leaves out {', '.join(missing)}; use a model whose template renders tool calls, or "
+                         "--chat_template with one that does")
+
+
 def _where(messages: list[dict[str, str]]) -> str:
     """A conversation named by its first words, where its row is not known."""
     first = next((m["content"] for m in messages if m.get("content")), "")
@@ -464,6 +489,7 @@ def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, los
         labels: list[int] = []
         if "messages" in example:
             with chat_template_errors(source, places[index] if places else f"example {index + 1}"):
+                check_tools_rendered(tokenizer, example["messages"])
                 pieces = list(_segments(tokenizer, example["messages"]))
         elif "text" in example:  # plain text: no prompt, every token is trained
             pieces = [(example["text"] + (tokenizer.eos_token or ""), True)]

@@ -144,3 +144,42 @@ def test_a_conversation_the_chat_template_refuses_is_one_error_naming_the_row(tm
                                      "System role not supported.")
     with pytest.raises(DataError, match="the conversation starting 'Be terse.': the model's chat template refused"):
         render_prompt(strict, table.rows[1]["messages"][:2])
+
+
+TOOL_ROWS = [{"messages": [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                                                        "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "name": "get_weather", "content": "18C and sunny"},
+    {"role": "assistant", "content": "It is 18C and sunny in Paris."}]}]
+# ChatML that writes an assistant turn's tool calls as text
+TOOL_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% for c in m.get('tool_calls', []) %}{{ 'call ' + c['function']['name'] + ' ' + (c['function']['arguments'] | tojson) }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_tool_turns_train_the_call_not_the_result_where_the_template_renders_them(tmp_path, tokenizer):
+    import copy
+
+    table = load_sft(write_jsonl(tmp_path / "tools.jsonl", TOOL_ROWS))
+    assert table.rows[0]["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"  # kept, not dropped
+    tools = copy.deepcopy(tokenizer)
+    tools.chat_template = TOOL_TEMPLATE
+    row = tokenise_sft(table.rows, tools, 256, "assistant", table.source, table.places).rows[0]
+    trained = tools.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+    assert 'call get_weather {"city": "Paris"}' in trained and "It is 18C and sunny in Paris." in trained
+    assert "18C and sunny<" not in trained and "Weather in Paris?" not in trained  # the tool result and the user: context
+
+    # the default model's template has no place for tool calls: refused, not trained without them
+    with pytest.raises(DataError) as err:
+        tokenise_sft(table.rows, tokenizer, 256, "assistant", table.source, table.places)
+    assert f"{table.source}, line 1: the model's chat template refused this conversation: it leaves out the tool call " \
+           "'get_weather'" in str(err.value)
+
+
+def test_tool_calls_off_an_assistant_turn_are_refused(tmp_path):
+    bad = [{"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]},
+                         {"role": "assistant", "content": "y"}]}]
+    with pytest.raises(DataError, match=r"line 1: field 'messages\[0\].tool_calls' must be on an assistant turn"):
+        load_sft(write_jsonl(tmp_path / "bad.jsonl", bad))
