@@ -11,8 +11,6 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +18,7 @@ from typing import Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from posttrain.atomic import atomic_folder
 from posttrain.config import LoraSection
 from posttrain.memory import check_quantization, placement
 from posttrain.run_folder import METADATA_FILE, check_finished
@@ -132,14 +131,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(source.state_dict())
     clean.generation_config = copy.deepcopy(source.generation_config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:  # a killed conversion never leaves a folder that looks complete
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a killed conversion never leaves a folder that looks complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model(name: str) -> str:
@@ -500,18 +494,10 @@ def merge_and_save(model: torch.nn.Module | str, output: str | Path, tokenizer: 
     if adapter is not None:
         use_adapter(model, adapter)
     merged = model.merge_and_unload()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".", dir=output.parent))
-    try:
+    with atomic_folder(Path(output)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return merged
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from posttrain.atomic import write_atomic
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
@@ -177,11 +178,7 @@ def check_start(output: Path, config: Any) -> None:
 
 def save_run_settings(output: Path, settings: dict[str, Any]) -> None:
     """Record the settings of the run whose checkpoints are under ``output`` (atomically: a kill keeps the old file)."""
-    record = output / CHECKPOINTS / RUN_SETTINGS
-    record.parent.mkdir(parents=True, exist_ok=True)
-    scratch = record.with_name(f".{RUN_SETTINGS}.tmp")
-    scratch.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(scratch, record)
+    write_atomic(output / CHECKPOINTS / RUN_SETTINGS, json.dumps(settings, indent=2) + "\n")
 
 
 def process_count() -> int:
