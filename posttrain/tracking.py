@@ -60,8 +60,9 @@ def start_tracking(accelerator, config: Any) -> None:
     if not accelerator.log_with:
         return
     from posttrain.config import to_dict
+    from posttrain.stages.common import flatten
 
-    flat = _flat(to_dict(config))
+    flat = flatten(to_dict(config))
     name = LOGS if resolve_report_to(config.report_to) == "tensorboard" else "posttrain"  # wandb/trackio: the project
     run = {"wandb": {"name": Path(config.output).name}, "trackio": {"name": Path(config.output).name}}
     accelerator.init_trackers(name, config={k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))},
@@ -81,12 +82,3 @@ def stop_tracking(accelerator) -> None:
         for tracker in accelerator.trackers:
             tracker.finish()
 
-
-def _flat(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out

@@ -191,7 +191,7 @@ def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
     content hash of each data file, and the process count (it sets the batch each step sees)."""
     from posttrain.lineage import hash_path
 
-    settings = _flat(config)
+    settings = flatten(config)
     for key in ("data", "eval_data", "prompts"):
         if settings.get(key) and Path(settings[key]).exists():
             settings[f"{key} (content sha256)"] = hash_path(settings[key])
@@ -214,11 +214,12 @@ def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkp
                          f"removing {folder}.")
 
 
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
     flat = {}
     for key, value in mapping.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
