@@ -66,15 +66,19 @@ def _response_ids(tokenizer, prompt, response, max_length: int) -> tuple[list[in
 
 
 @torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
+                      progress: str = "") -> list[float]:
     """Sum over the response tokens of log p(token | everything before it), one number per prompt + response.
 
-    Rows longer than ``max_length`` tokens lose their end. Padding is on the right and masked out.
+    Rows longer than ``max_length`` tokens lose their end. Padding is on the right and masked out. ``progress``
+    names a progress bar over the batches (none when empty).
     """
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     rows = [_response_ids(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
     out: list[float] = []
-    for first in range(0, len(rows), batch_size):
+    for first in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         chunk = rows[first:first + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -124,7 +128,8 @@ def implicit_reward_accuracy(model_name: str, pairs: list[dict], batch_size: int
     reference, use_reference, beta = reference_for(loaded)
 
     def logps(side: str) -> list[float]:
-        return response_logprobs(loaded.model, loaded.tokenizer, prompts, [p[side] for p in pairs], batch_size, max_length)
+        return response_logprobs(loaded.model, loaded.tokenizer, prompts, [p[side] for p in pairs], batch_size, max_length,
+                                 progress=f"log-probs of {side} responses")
 
     policy = {side: logps(side) for side in ("chosen", "rejected")}
     rewards = dict(policy)
@@ -140,8 +145,8 @@ def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -
 
     rm = load_reward_model(folder)
     prompts = [p["prompt"] for p in pairs]
-    chosen = rm.score(prompts, [p["chosen"] for p in pairs], batch_size)
-    rejected = rm.score(prompts, [p["rejected"] for p in pairs], batch_size)
+    chosen = rm.score(prompts, [p["chosen"] for p in pairs], batch_size, progress="scoring chosen")
+    rejected = rm.score(prompts, [p["rejected"] for p in pairs], batch_size, progress="scoring rejected")
     return pair_accuracy(chosen, rejected)
 
 
@@ -158,7 +163,8 @@ def generate_responses(model_name: str, prompts: list, max_new_tokens: int, temp
 
     loaded = load_for_inference(model_name)
     torch.manual_seed(seed)
-    texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+    texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                           progress=f"generating ({Path(model_name).name or model_name})")
     lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return texts, lengths
 
@@ -182,7 +188,7 @@ def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, rew
 
         rm = load_reward_model(reward_model)
         for label in models:
-            for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows])):
+            for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows], progress=f"scoring ({label})")):
                 row[f"{label}_reward"] = score
     prompt_rows = prompt_rows or [{"prompt": p} for p in prompts]
     columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"} if prompt_rows else {}

@@ -169,13 +169,16 @@ def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
 
 
 def generate_texts(model, tokenizer, prompts: list, max_new_tokens: int = 64, temperature: float = 0.0,
-                   top_p: float = 1.0, batch_size: int = 8, max_prompt_length: int = 512) -> list[str]:
-    """Responses (decoded, special tokens removed) for prompts given as chat messages or text."""
+                   top_p: float = 1.0, batch_size: int = 8, max_prompt_length: int = 512, progress: str = "") -> list[str]:
+    """Responses (decoded, special tokens removed) for prompts given as chat messages or text; ``progress`` names
+    a progress bar over the batches (none when empty)."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         chunk = prompts[start:start + batch_size]
         query, mask, _ = encode_prompts(tokenizer, chunk, max_prompt_length, device)
         response = sample(model, tokenizer, query, mask, max_new_tokens, temperature, top_p)

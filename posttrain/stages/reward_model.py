@@ -77,10 +77,13 @@ def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "") -> list[float]:
+    """The reward of each row of token ids; ``progress`` names a progress bar over the batches (none when empty)."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
+    for start in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         ids, mask = pad_right(rows[start:start + batch_size], pad_id, device)
         scores.extend(sequence_rewards(model, ids, mask).tolist())
     return scores
@@ -104,10 +107,11 @@ class RewardModel:
             rows.append(ids)
         return rows, cut
 
-    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
+              progress: str = "") -> list[float]:
         """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
         rows, _ = self.encode(prompts, responses, max_length)
-        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
+        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress) if rows else []
 
 
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
