@@ -57,7 +57,7 @@ def accelerator_settings(report_to: str, output: Path) -> dict[str, Any]:
 def start_tracking(accelerator, config: Any) -> None:
     """Open the run in the accelerator's trackers (none without --report_to), with the resolved config as its
     hyperparameters."""
-    if not accelerator.log_with:
+    if not getattr(accelerator, "log_with", None):  # an accelerator a caller passed in may track nothing
         return
     from posttrain.config import to_dict
     from posttrain.stages.common import flatten
@@ -71,14 +71,14 @@ def start_tracking(accelerator, config: Any) -> None:
 
 def log_metrics(accelerator, record: dict[str, Any]) -> None:
     """One RL step's record (a row of metrics.json) to the trackers, at its step."""
-    if accelerator.log_with:
+    if getattr(accelerator, "log_with", None):
         accelerator.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=record["step"])
 
 
 def stop_tracking(accelerator) -> None:
     """Flush and close the trackers (not ``end_training``, which also ends the process group of a caller's
     accelerator)."""
-    if accelerator.log_with and accelerator.is_main_process:
+    if getattr(accelerator, "log_with", None) and accelerator.is_main_process:
         for tracker in accelerator.trackers:
             tracker.finish()
 
