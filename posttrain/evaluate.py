@@ -26,6 +26,7 @@ import torch
 from posttrain.config import ConfigError, EvalConfig, require, to_dict
 from posttrain.data import encode_response, load_preferences, load_prompts, render_prompt
 from posttrain.models import is_adapter_folder, read_metadata, write_metadata
+from posttrain.padding import pad
 from posttrain.rewards import load_reward_function
 
 SHOWN_SAMPLES = 8  # side-by-side rows in the report page
@@ -80,13 +81,9 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_si
     out: list[float] = []
     for first in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         chunk = rows[first:first + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)  # (batch, width-1): targets ids[:, 1:]
+        ids, attention = pad([tokens for tokens, _ in chunk], tokenizer.pad_token_id)
+        scored = torch.zeros((len(chunk), ids.shape[1] - 1), dtype=torch.bool)  # (batch, width-1): targets ids[:, 1:]
         for row, (tokens, start) in enumerate(chunk):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            attention[row, :len(tokens)] = 1
             scored[row, start - 1:len(tokens) - 1] = True
         ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
         logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()

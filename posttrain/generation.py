@@ -12,6 +12,7 @@ from torch import nn
 
 from posttrain.data import render_prompt
 from posttrain.models import stop_token_ids
+from posttrain.padding import pad
 
 
 @dataclass
@@ -36,12 +37,7 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int, device: tor
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     cut = sum(len(e) > max_prompt_length for e in encoded)
     encoded = [e[-max_prompt_length:] for e in encoded]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+    ids, mask = pad(encoded, tokenizer.pad_token_id, "left")
     return ids.to(device), mask.to(device), cut
 
 

@@ -78,3 +78,14 @@ def test_swapped_weights_compute_with_the_new_weight_and_leave_the_layer_as_it_w
     if dtype == torch.bfloat16 and packed_weight(new) is None:
         pytest.skip("this CPU's oneDNN has no bf16 product: the plain swap above was the path taken")
     assert (packed_weight(new) is not None) == (dtype == torch.bfloat16)
+
+
+def test_the_padder_pads_either_side_with_its_mask():
+    from posttrain.padding import pad
+
+    # rows of 3, 1 and 2 tokens: width 3; the mask is 1 exactly where a row's own tokens sit
+    ids, mask = pad([[5, 6, 7], [8], [9, 10]], 0, "left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    ids, mask = pad([[5, 6, 7], [8], [9, 10]], 2)
+    assert ids.tolist() == [[5, 6, 7], [8, 2, 2], [9, 10, 2]] and mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert ids.dtype == mask.dtype == torch.long

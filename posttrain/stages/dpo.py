@@ -24,6 +24,7 @@ from posttrain.data import count_over_length, encode_response, load_preferences,
 from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import is_adapter_folder, load_model, lora_config, model_tokenizer
+from posttrain.padding import pad
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
@@ -99,13 +100,9 @@ def kl_batches(examples: list[dict[str, Any]], tokenizer, max_length: int, batch
     batches = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        response = torch.zeros((len(chunk), width - 1), dtype=torch.long)
+        input_ids, attention = pad([ids for ids, _ in chunk], tokenizer.pad_token_id)
+        response = torch.zeros((len(chunk), input_ids.shape[1] - 1), dtype=torch.long)
         for j, (ids, start) in enumerate(chunk):
-            input_ids[j, : len(ids)] = torch.tensor(ids)
-            attention[j, : len(ids)] = 1
             response[j, start - 1: len(ids) - 1] = 1  # logits at position t predict token t + 1
         batches.append(KLBatch(input_ids, attention, response))
     return batches

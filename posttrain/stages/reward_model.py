@@ -25,6 +25,7 @@ import torch
 
 from posttrain.data import encode_response
 from posttrain.models import ModelError, is_adapter_folder, load_model
+from posttrain.padding import pad
 
 HEAD_FILE = "reward_head.safetensors"
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
@@ -67,12 +68,8 @@ def reward_model_input(tokenizer, prompt, response) -> list[int]:
 
 
 def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    """Reward-model rows padded on the right (the reward is read at each row's last real token), on ``device``."""
+    ids, mask = pad(rows, pad_id, "right")
     return ids.to(device), mask.to(device)
 
 
