@@ -20,7 +20,6 @@ from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
     count_parameters,
-    default_device,
     default_dtype,
     expose_head_bias,
     load_model,
