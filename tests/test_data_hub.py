@@ -183,3 +183,14 @@ def test_tool_calls_off_an_assistant_turn_are_refused(tmp_path):
                          {"role": "assistant", "content": "y"}]}]
     with pytest.raises(DataError, match=r"line 1: field 'messages\[0\].tool_calls' must be on an assistant turn"):
         load_sft(write_jsonl(tmp_path / "bad.jsonl", bad))
+
+
+def test_data_columns_from_the_command_line_and_yaml(tmp_path):
+    from posttrain.config import SFTConfig, load_config
+
+    assert load_config(SFTConfig, None, {"data_columns": "prompt=question, completion=answer"}).data_columns == COLUMNS
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text("data_columns:\n  prompt: question\n  completion: answer\n")
+    assert load_config(SFTConfig, config_file).data_columns == COLUMNS
+    with pytest.raises(ConfigError, match=r"^--data_columns: .*expected name=value pairs \(a=b,c=d\)"):
+        load_config(SFTConfig, None, {"data_columns": "question"})
