@@ -294,6 +294,29 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def loss_span(history: list[dict[str, Any]]) -> dict[str, float]:
+    """``first_loss`` and ``last_loss`` of a run's logged training losses ({} when none was logged)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {"first_loss": losses[0], "last_loss": losses[-1]} if losses else {}
+
+
+@contextmanager
+def stage_tail(trainer, output: Path, tokenizer, **save_kwargs: Any) -> Iterator[Path | None]:
+    """The end of a TRL stage: the trained adapter (gathered on every process: a collective under FSDP and ZeRO-3)
+    and the tokenizer go into :func:`finished_checkpoint`'s scratch folder, which the block then fills with the
+    stage's own files (metrics, plots, card, stage files) and which moves into ``output`` when it ends. The block
+    gets the folder on the main process and None on the others; every process waits for the move."""
+    state = gathered_state(trainer)
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state, **save_kwargs)
+            tokenizer.save_pretrained(folder)
+            yield folder
+    else:
+        yield None
+    trainer.accelerator.wait_for_everyone()
+
+
 def save_stage_files(folder: Path, stage: str, config: Any, base_model: str, **extra: Any) -> None:
     """The resolved config and the metadata that marks ``folder`` as a finished posttrain checkpoint."""
     save_config(config, folder / "posttrain_config.yaml")

@@ -28,13 +28,13 @@ from posttrain.padding import pad
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -246,9 +246,7 @@ def run_dpo(config: DPOConfig) -> Path:
     # 4. train, then a last evaluation on the held-out pairs
     result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
     if setup.counts["heldout_pairs"]:
         evals = [h for h in recorder.history if "eval_loss" in h]
         # the trainer already evaluated at the last step when it fell on an eval_steps boundary
@@ -263,11 +261,8 @@ def run_dpo(config: DPOConfig) -> Path:
             f"margin {final.get('eval_rewards_margins', float('nan')):.3f}, KL to the reference {final.get('eval_kl', float('nan')):.3f} nats/response")
 
     # 5. save: the policy adapter only (not the frozen reference), tokenizer, config, metrics, plot, model card
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state, selected_adapters=[POLICY_ADAPTER])
-            setup.tokenizer.save_pretrained(folder)
+    with stage_tail(trainer, output, setup.tokenizer, selected_adapters=[POLICY_ADAPTER]) as folder:
+        if folder is not None:
             write_metrics(folder, final, recorder.history)
             plot = plot_curves(folder / "dpo.png", recorder.history, [
                 ("loss", ["loss", "eval_loss"]),
@@ -282,6 +277,5 @@ def run_dpo(config: DPOConfig) -> Path:
                              usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
             save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
                              started_from=config.model if is_adapter_folder(config.model) else None)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the DPO adapter to {output}")
     return output

@@ -24,12 +24,12 @@ from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
     StageError,
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -260,9 +260,7 @@ def run_reward(config: RewardConfig) -> Path:
     # 4. train
     result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
 
     # 5. held-out report: accuracy, margin, reward distribution, length bias
     evaluated = setup.held_pairs if setup.held_pairs.chosen else setup.train_pairs
@@ -281,12 +279,9 @@ def run_reward(config: RewardConfig) -> Path:
     # 6. save: adapter with the head, the head alone, tokenizer, config, metrics, plots, model card
     from safetensors.torch import save_file
 
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state)
+    with stage_tail(trainer, output, tokenizer) as folder:
+        if folder is not None:
             save_file(head_state(trainer.model), str(folder / HEAD_FILE))
-            tokenizer.save_pretrained(folder)
             write_metrics(folder, final, recorder.history,
                           rewards={"chosen": stats.chosen, "rejected": stats.rejected,
                                    "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
@@ -306,7 +301,6 @@ def run_reward(config: RewardConfig) -> Path:
                              notes=READ_ME_LAYOUT)
             save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
                              reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the reward model to {output}")
     return output
 

@@ -14,13 +14,13 @@ from posttrain.memory import check_quantization
 from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -79,9 +79,7 @@ def run_sft(config: SFTConfig) -> Path:
     result = run_trainer(trainer, output, resume_from)
     final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
              "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
     if held:
         evaluation = trainer.evaluate()
         recorder.history.append({"step": result.global_step, **evaluation})
@@ -89,17 +87,13 @@ def run_sft(config: SFTConfig) -> Path:
         final["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
 
     # 5. save: adapter, tokenizer, config, metrics, plot, model card
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state)
-            tokenizer.save_pretrained(folder)
+    with stage_tail(trainer, output, tokenizer) as folder:
+        if folder is not None:
             write_metrics(folder, final, recorder.history)
             plot = plot_curves(folder / "loss.png", recorder.history,
                                [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
             write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
                              output=output)
             save_stage_files(folder, "sft", config, base_name)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
     return output
