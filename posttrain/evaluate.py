@@ -153,15 +153,16 @@ def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -
 
 
 def generate_responses(model_name: str, prompts: list, max_new_tokens: int, temperature: float = 0.0,
-                       seed: int = 0) -> tuple[list[str], list[int]]:
-    """Responses of a model (or checkpoint) to prompts, and their lengths in tokens."""
+                       seed: int = 0, **sampling: Any) -> tuple[list[str], list[int]]:
+    """Responses of a model (or checkpoint) to prompts, and their lengths in tokens; ``sampling``: top_p, top_k,
+    repetition_penalty, stop (see generation.generate_texts)."""
     from posttrain.generation import generate_texts
     from posttrain.models import load_for_inference
 
     loaded = load_for_inference(model_name)
     torch.manual_seed(seed)
     texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                           progress=f"generating ({Path(model_name).name or model_name})")
+                           progress=f"generating ({Path(model_name).name or model_name})", **sampling)
     lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return texts, lengths
 
@@ -172,12 +173,12 @@ def prompt_text(prompt) -> str:
 
 def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, reward_model: str = "",
                  temperature: float = 0.0, seed: int = 0, reward_functions: list | None = None,
-                 prompt_rows: list[dict] | None = None) -> list[dict[str, Any]]:
+                 prompt_rows: list[dict] | None = None, sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per prompt: {"prompt", <label>: response, <label>_tokens, <label>_reward (with a reward model),
     <label>_<function> (with reward functions, called with the prompt rows' other columns)}."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for label, name in models.items():
-        texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed)
+        texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed, **(sampling or {}))
         for row, text, length in zip(rows, texts, lengths):
             row[label], row[f"{label}_tokens"] = text, length
     if reward_model:
@@ -254,8 +255,10 @@ def run_eval(config: EvalConfig) -> Path:
     # 2. generate and judge: reward, win-rate, length
     if prompts:
         models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
+        sampling = {"top_p": config.top_p, "top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
+                    "stop": [s for s in config.stop.split(",") if s]}
         rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed,
-                            functions, prompt_rows)
+                            functions, prompt_rows, sampling)
         summary["prompts"] = len(prompts)
         for label in labels:
             summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])
