@@ -270,7 +270,7 @@ def _check_one_kind(examples: list[dict], rows: list[Row], source: str, formats:
     kinds = [next(k for k in names if k in e) for e in examples]
     for kind, row in zip(kinds, rows):
         if kind != kinds[0]:
-            raise DataError(source, row.where, f"mixes {names[kind]} rows with {names[kinds[0]]} ones (the first row is "
+            raise DataError(source, row.where, f"mixes {names[kind]} and {names[kinds[0]]} rows (the first row is "
                                                f"{names[kinds[0]]}); use one kind per file.", formats)
 
 

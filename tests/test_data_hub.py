@@ -105,7 +105,7 @@ def test_plain_text_rows_train_every_token(tmp_path, tokenizer):
 
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "x"}, {"messages": [{"role": "user", "content": "a"},
                                                                                 {"role": "assistant", "content": "b"}]}])
-    with pytest.raises(DataError, match="line 2: mixes conversational rows with plain text ones"):
+    with pytest.raises(DataError, match="line 2: mixes conversational and plain text rows"):
         load_sft(mixed)
 
 
