@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from posttrain.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, doc
-from posttrain.models import Loaded, load_for_inference, stop_token_ids
+
+if TYPE_CHECKING:  # torch and the models load when a chat starts, not for `posttrain chat --help`
+    from posttrain.models import Loaded
 
 
 @dataclass
@@ -24,14 +25,15 @@ class ChatConfig:
     seed: int = doc(-1, "Random seed for sampling (-1: not fixed).", valid=Range(0, 2**32 - 1, special=(-1,)))
 
 
-@torch.no_grad()
 def reply(loaded: Loaded, messages: list[dict[str, str]], config: ChatConfig) -> str:
     """The assistant's next turn for a conversation."""
+    from posttrain.models import stop_token_ids
+
     tokenizer, model = loaded.tokenizer, loaded.model
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
     sample = config.temperature > 0
-    output = model.generate(
+    output = model.generate(  # generate runs without autograd
         **inputs,
         max_new_tokens=config.max_new_tokens,
         do_sample=sample,
@@ -46,6 +48,10 @@ def reply(loaded: Loaded, messages: list[dict[str, str]], config: ChatConfig) ->
 
 
 def run_chat(config: ChatConfig) -> str | None:
+    import torch
+
+    from posttrain.models import load_for_inference
+
     if config.seed >= 0:
         torch.manual_seed(config.seed)
     loaded = load_for_inference(config.model)

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.config import ConfigError, doc, field_docs, field_ranges, load_config, section_docs
+from posttrain.config import ConfigError, doc, field_docs, field_kinds, field_ranges, load_config, section_docs
 
 
 @dataclass
@@ -21,6 +21,21 @@ class MergeConfig:
 @dataclass
 class AdaptersConfig:
     model: str = doc("", "A checkpoint or model folder whose adapters to list.")
+
+
+@dataclass
+class PushConfig:
+    folder: str = doc("", "A finished run's output folder (model card, adapter or model, tokenizer, metrics).", required=True)
+    repo: str = doc("", "The hub repo to upload it to, org/name (created if it does not exist).", required=True)
+    private: bool = doc(False, "Create the repo as a private one.")
+
+
+def _push(config: PushConfig) -> None:
+    from posttrain.config import require
+    from posttrain.hub import push
+
+    require(config, "folder", "repo")
+    print(f"posttrain: uploaded {config.folder} to {push(config.folder, config.repo, config.private)}")
 
 
 def _merge(config: MergeConfig) -> None:
@@ -58,7 +73,7 @@ class Command:
     summary: str
     config: Callable[[], type]
     run: Callable[[], Callable[[Any], Any]]
-    positional: str | None = None  # a field that may be given without its flag
+    positional: str | None = None  # fields that may be given without their flags, in order ("folder repo")
     raw: bool = False  # the command parses its own arguments (run receives the argument list)
 
 
@@ -93,7 +108,12 @@ def _stage(module: str, name: str) -> Callable[[], Callable[[Any], Any]]:
                 return run(config)  # the stage names a missing --output; the processes of one launch share rank 0's lock
             with output_lock(output, INVOCATION.get()):
                 check_start(output, config)
-                return run(config)
+                result = run(config)
+            if getattr(config, "push_to_hub", ""):
+                from posttrain.hub import push
+
+                print(f"posttrain: uploaded {output} to {push(output, config.push_to_hub)}")
+            return result
 
         return locked
 
@@ -124,6 +144,8 @@ COMMANDS: dict[str, Command] = {
                      lambda: _merge, positional="model"),
     "adapters": Command("list the adapters in a checkpoint folder", lambda: AdaptersConfig,
                         lambda: _adapters, positional="model"),
+    "push": Command("upload a finished run folder to the Hugging Face Hub", lambda: PushConfig,
+                    lambda: _push, positional="folder repo"),
 }
 
 
@@ -135,8 +157,9 @@ def parse_flags(argv: list[str], positional: str | None) -> tuple[str | None, di
     while i < len(argv):
         token = argv[i]
         if not token.startswith("--"):
-            if positional and positional not in overrides:
-                overrides[positional] = token
+            free = [name for name in (positional or "").split() if name not in overrides]
+            if free:
+                overrides[free[0]] = token
                 i += 1
                 continue
             raise ConfigError(f"unexpected argument '{token}'; options are given as --key value.")
@@ -163,17 +186,27 @@ def print_help(name: str | None = None) -> None:
         print("\n`posttrain COMMAND --help` lists a command's options; dotted keys reach nested settings (--lora.r 8).")
         return
     entry = COMMANDS[name]
-    head = f" [{entry.positional.upper()}]" if entry.positional else ""
+    head = f" [{' '.join(entry.positional.upper().split())}]" if entry.positional else ""
     print(f"usage: posttrain {name}{head} [--config FILE] [--key value ...]\n\n{entry.summary}\n\noptions:")
-    ranges = field_ranges(entry.config())
-    sections, shown = section_docs(entry.config()), set()
-    for key, text, default in field_docs(entry.config()):
+    from typing import Literal, get_args, get_origin
+
+    from posttrain.config_aliases import names_of
+
+    cls = entry.config()
+    ranges, kinds, aliases = field_ranges(cls), field_kinds(cls), names_of(cls)
+    sections, shown = section_docs(cls), set()
+    for key, text, default in field_docs(cls):
         section = key.split(".")[0] if "." in key else None
         if section in sections and section not in shown:
             shown.add(section)
             print(f"  {section}: {sections[section]}")
+        kind, metadata = kinds[key]
         valid = f"; {ranges[key]}" if key in ranges else ""
-        print(f"  --{key:<30} {text} (default: {default!r}{valid})")
+        if get_origin(kind) is Literal:
+            valid += f"; one of {', '.join(map(str, get_args(kind)))}"
+        also = f" [also {', '.join('--' + a for a in sorted(aliases[key], key=len))}]" if key in aliases else ""
+        given = "(required)" if metadata.get("required") else f"(default: {default!r}{valid})"
+        print(f"  --{key:<30} {text} {given}{also}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if ("--help" in rest or "-h" in rest) and not COMMANDS[name].raw:
         print_help(name)
+        return 0
+    if COMMANDS[name].raw and (not rest or rest[0] in ("-h", "--help")):
+        COMMANDS[name].run()(rest)  # its own usage, before the error table below (it imports torch) loads
         return 0
     from posttrain.errors import USER_ERRORS
 

@@ -66,9 +66,10 @@ SHARE = Range(0, 1)  # fractions
 SEED = Range(0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit
 
 
-def doc(default: Any, text: str, valid: Range | None = None, **kwargs) -> Any:
-    """A dataclass field with a default, a one-line description and, for numbers, the range it accepts."""
-    metadata = {"doc": text, **({"range": valid} if valid is not None else {})}
+def doc(default: Any, text: str, valid: Range | None = None, required: bool = False, **kwargs) -> Any:
+    """A dataclass field with a default, a one-line description, for numbers the range it accepts, and whether
+    the stage refuses to start without it (--help marks those)."""
+    metadata = {"doc": text, **({"range": valid} if valid is not None else {}), **({"required": True} if required else {})}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
@@ -114,6 +115,41 @@ class TrainSection:
     quantization: Literal["none", "4bit", "8bit"] = doc(
         "none", "Load the frozen base quantized through bitsandbytes (CUDA only): '4bit' is QLoRA (NF4, double "
                 "quantization, bf16 products), '8bit' LLM.int8(); the adapters stay in float32.")
+    extra: dict[str, Any] = doc({}, "Fields of the stage's TRL config that posttrain does not model, passed to it as they "
+                                    "are (--train.extra.optim adamw_torch_fused); a name TRL's config lacks is refused.")
+
+
+
+
+Tracker = Literal["auto", "tensorboard", "wandb", "trackio", "none"]
+
+
+def _data_split() -> Any:
+    return doc("", "Split of a hub dataset or a datasets folder to read (default: 'train', else its only split).")
+
+
+def _data_subset() -> Any:
+    return doc("", "Subset (configuration) of a hub dataset, e.g. 'main'.")
+
+
+def _data_columns() -> Any:
+    return doc({}, "Columns named otherwise in the data, as posttrain's name=the data's column "
+                   "(--data_columns prompt=question,completion=answer).")
+
+
+def _chat_template() -> Any:
+    return doc("", "Chat template to use instead of the model's: a Jinja file, a built-in name (chatml), or a model "
+                   "(folder or hub id) whose template to take. It is saved with the checkpoint's tokenizer.")
+
+
+def _push_to_hub() -> Any:
+    return doc("", "Upload the finished output folder (model card, adapter, tokenizer, metrics) to this hub repo "
+                   "(org/name); needs a token (`hf auth login` or HF_TOKEN). Same as `posttrain push OUTPUT REPO`.")
+
+
+def _report_to() -> Any:
+    return doc("auto", "Where to log training metrics: tensorboard (event files in <output>/logs), wandb, trackio or none; "
+                       "'auto' is tensorboard when it is installed, else none.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,10 +160,17 @@ class TrainSection:
 @dataclass
 class SFTConfig:
     model: str = doc("smollm2-135m-instruct", "Base model: a local folder, a hub id, or the alias 'smollm2-135m-instruct'.")
-    data: str = doc("", "Training data: .jsonl, .json, .parquet or a datasets folder (see README: Data formats).")
-    output: str = doc("", "Checkpoint folder to write.")
+    data: str = doc("", "Training data: .jsonl, .json, .parquet, a datasets folder or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
+    output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     eval_data: str = doc("", "Optional separate evaluation file (overrides train.eval_split).")
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     loss_on: Literal["assistant", "all"] = doc("assistant", "Train on assistant tokens only, or on the full sequence.")
     packing: bool = doc(False, "Pack several examples per row (padding-free, faster on long data).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings.")
@@ -142,9 +185,16 @@ def _train(text: str = "Optimisation settings.", **overrides) -> Any:
 @dataclass
 class RewardConfig:
     model: str = doc("smollm2-135m-instruct", "Base model or SFT checkpoint to build the reward model on.")
-    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
-    output: str = doc("", "Checkpoint folder to write.")
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows, a file or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
+    output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: one pass over the pairs at "
                                  "batch 4 and lr 3e-4 (LoRA-sized), not TRL's 2 epochs at 1e-4.",
@@ -153,8 +203,8 @@ class RewardConfig:
 
 @dataclass
 class ScoreConfig:
-    model: str = doc("", "A reward-model checkpoint folder (from `posttrain rm`).")
-    data: str = doc("", "Rows to score (prompt/completion or messages), or preference pairs for accuracy.")
+    model: str = doc("", "A reward-model checkpoint folder (from `posttrain rm`).", required=True)
+    data: str = doc("", "Rows to score (prompt/completion or messages), or preference pairs for accuracy.", required=True)
     output: str = doc("", "Where to write the scored rows (.jsonl); default: <data>.scored.jsonl.")
     batch_size: int = doc(8, "Rows per forward pass.", valid=AT_LEAST_1)
     max_length: int = doc(512, "Longest tokenised row; longer rows are cut from the left and counted.", valid=AT_LEAST_1)
@@ -163,9 +213,16 @@ class ScoreConfig:
 @dataclass
 class DPOConfig:
     model: str = doc("smollm2-135m-instruct", "Base model, or an SFT checkpoint (its adapter is the start and the reference).")
-    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows (see README: Data formats).")
-    output: str = doc("", "Checkpoint folder to write.")
+    data: str = doc("", "Preference pairs: prompt/chosen/rejected rows, a file or a hub dataset org/name (see README: "
+                        "Data formats).", required=True)
+    output: str = doc("", "Checkpoint folder to write.", required=True)
+    data_split: str = _data_split()
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
+    chat_template: str = _chat_template()
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
@@ -267,10 +324,13 @@ class RLHFConfig:
                              "as TRL calls reward functions (prompts=, completions=, the prompt rows' other columns).")
     reward_weights: str = doc("", "Comma-separated weights of the reward sources: the reward model first (if any), "
                                   "then each reward_fn in order (default: 1 each).")
-    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages) and any columns reward functions read.")
+    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages) and any columns reward functions read.",
+                       required=True)
     eval_prompts: str = doc("", "Held-out prompt file scored every eval.every steps (see eval.share for a split instead).")
-    output: str = doc("", "Checkpoint folder to write.")
+    output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
+    report_to: Tracker = _report_to()
+    push_to_hub: str = _push_to_hub()
     precision: Literal["auto", "bf16", "fp32"] = doc(
         "auto", "Storage of the shared frozen base: 'auto' is bf16 on a GPU or CPU with fast bf16 (AVX512-BF16/AMX), "
                 "else fp32. Adapters, heads and optimizer state are always fp32.")
@@ -290,7 +350,7 @@ class RLHFConfig:
 
 @dataclass
 class EvalConfig:
-    model: str = doc("", "The checkpoint or model to evaluate.")
+    model: str = doc("", "The checkpoint or model to evaluate.", required=True)
     baseline: str = doc("", "The checkpoint or model to compare against (optional).")
     prompts: str = doc("", "Prompt file for generation (rows with 'prompt').")
     reward_model: str = doc("", "Reward-model checkpoint that judges responses.")
@@ -301,6 +361,10 @@ class EvalConfig:
     max_prompts: int = doc(64, "Evaluate on at most this many prompts (and at most this many pairs with --data).", valid=AT_LEAST_1)
     max_new_tokens: int = doc(64, "Longest response in tokens.", valid=AT_LEAST_1)
     temperature: float = doc(0.0, "Sampling temperature (0: greedy, deterministic).", valid=NON_NEGATIVE)
+    top_p: float = doc(1.0, "Nucleus sampling: keep the smallest token set with this much probability.", valid=Range(0, 1, low_open=True))
+    top_k: int = doc(0, "Keep only the k most likely tokens (0 disables).", valid=NON_NEGATIVE)
+    repetition_penalty: float = doc(1.0, "Penalty on tokens already generated (1.0 disables).", valid=POSITIVE)
+    stop: str = doc("", "Comma-separated stop strings: a response ends before the first of them.")
     seed: int = doc(0, "Random seed.", valid=SEED)
     benchmark: str = doc("", "Multiple-choice rows (question, choices, answer, subject) for k-shot capability (README: Capability).")
     benchmark_dev: str = doc("", "File of dev rows for the shots (default: the benchmark's split 'dev' rows, else the first k of each subject).")
@@ -309,20 +373,6 @@ class EvalConfig:
     mc_precision: Literal["auto", "bf16", "fp32"] = doc("auto", "Weights for capability scoring: 'auto' is bf16 where bf16 products are fast (GPU, CPU with AVX512-BF16/AMX), else fp32.")
     max_questions: int = doc(0, "Score at most this many benchmark questions, taken in turn from each subject (0: all); also lm-eval's limit per task.", valid=NON_NEGATIVE)
     lm_eval: str = doc("", "Comma-separated lm-evaluation-harness tasks to run on the model too (needs pip install 'posttrain[lm_eval]' and its datasets).")
-
-
-STAGE_ALIASES = {
-    # short flags users expect, mapped to their dotted home
-    "max_steps": "train.max_steps",
-    "epochs": "train.epochs",
-    "lr": "train.lr",
-    "seed": "train.seed",
-    "batch_size": "train.batch_size",
-    "max_length": "train.max_length",
-    "save_steps": "train.save_steps",
-    "quantization": "train.quantization",
-    "gradient_checkpointing": "train.gradient_checkpointing",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +410,18 @@ def field_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
     return ranges
 
 
+def field_kinds(cls: type, prefix: str = "") -> dict[str, tuple[Any, dict]]:
+    """(type, metadata) of every leaf field by dotted name, for --help: required fields, Literal choices."""
+    kinds = {}
+    hints = _resolved_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kinds.update(field_kinds(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            kinds[prefix + f.name] = (hints[f.name], dict(f.metadata))
+    return kinds
+
+
 def section_docs(cls: type) -> dict[str, str]:
     """The one-line doc of each top-level section of a config dataclass, by name (e.g. 'train')."""
     hints = _resolved_hints(cls)
@@ -370,9 +432,40 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _nearest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
-    return f" Did you mean '{close[0]}'?" if close else ""
+def _nearest(key: str, options: list[str], aliases: dict | None = None) -> str:
+    """The hint for an unknown key: the closest valid key, or the key an alias close to it stands for."""
+    aliases = aliases or {}
+    close = difflib.get_close_matches(key, [*options, *aliases], n=1, cutoff=0.4)
+    if not close:
+        return ""
+    return f" Did you mean '{aliases[close[0]].key if close[0] in aliases else close[0]}'?"
+
+
+def _is_mapping(tp: Any) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _mapping(value: Any, where: str) -> dict:
+    """A mapping setting's value: a YAML mapping, or ``name=value,name=value`` on the command line."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        pairs = [p for p in value.split(",") if p.strip()]
+        if all("=" in p for p in pairs):
+            return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+    raise ConfigError(f"{where}: expected name=value pairs (a=b,c=d) or a mapping, got {value!r}.")
+
+
+def _set_entry(mapping: dict, parts: list[str], value: Any, where: str) -> None:
+    """Set ``value`` at the dotted path ``parts`` inside a mapping setting (``train.extra.lr_scheduler_kwargs.min_lr``)."""
+    for part in parts[:-1]:
+        mapping = mapping.setdefault(part, {})
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{where}: '{part}' holds a value, not names.")
+    if isinstance(value, dict) and not value:
+        mapping.setdefault(parts[-1], {})  # a YAML section header: its entries follow
+    else:
+        mapping[parts[-1]] = value
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -435,9 +528,18 @@ def _apply(obj: Any, key: str, value: Any, where: str) -> None:
         hints = _resolved_hints(type(target))
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
+            from posttrain.config_aliases import aliases
+
             valid = [name for name, _, _ in field_docs(type(obj))]
             section = f" ({'.'.join(parts[:depth])} has {', '.join(names)}.)" if depth else ""
-            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid)}{section}")
+            raise ConfigError(f"{where}: unknown key '{key}'.{_nearest(key, valid, aliases(type(obj)))}{section}")
+        if _is_mapping(hints[part]):
+            rest = parts[depth + 1:]
+            if rest:
+                _set_entry(getattr(target, part), rest, value, f"{where}: {key}")
+            else:
+                getattr(target, part).update(_mapping(value, f"{where}: {key}"))
+            return
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(hints[part]):
                 if not isinstance(value, dict):
@@ -502,12 +604,31 @@ def _scalar(node: yaml.Node) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
 
+def _route(config: Any, key: str, value: Any, where: str) -> tuple[str, Any]:
+    """posttrain's key and value for a key as typed: its own; an alias's target (config_aliases.py); or, for a
+    top-level name posttrain does not know that the stage's TRL config has, ``train.extra.NAME``."""
+    from posttrain import config_aliases
+
+    name = key.replace("-", "_")
+    if "." in name or hasattr(config, name):
+        return name, value
+    try:
+        target, converted = config_aliases.resolve(type(config), name, value)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if target != name:
+        return target, converted
+    if hasattr(config, "train") and name in config_aliases.trl_fields(type(config)):
+        return f"train.extra.{name}", value
+    return name, value
+
+
 def apply_mapping(config: Any, mapping: dict[str, Any], where: str, lines: dict[str, int] | None = None) -> Any:
     """Apply a (possibly nested) mapping of keys to a config; ``where`` names the source in errors."""
     for key, value in mapping.items():
         line = (lines or {}).get(key)
-        _apply(config, STAGE_ALIASES.get(key, key) if not hasattr(config, key) else key, value,
-               f"{where}, line {line}" if line else where)
+        place = f"{where}, line {line}" if line else where
+        _apply(config, *_route(config, key, value, place), place)
     return config
 
 
@@ -520,14 +641,9 @@ def load_config(cls: type, config_file: str | Path | None = None, overrides: dic
             raise ConfigError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
                               "--config takes a YAML file.")
         for key, value, line in _yaml_items(path):
-            head = key.split(".")[0]
-            name = STAGE_ALIASES.get(key, key) if not hasattr(config, head) else key
-            _apply(config, name, value, f"{path}, line {line}")
+            _apply(config, *_route(config, key, value, f"{path}, line {line}"), f"{path}, line {line}")
     for key, value in (overrides or {}).items():
-        name = key.replace("-", "_")
-        if "." not in name and not hasattr(config, name):
-            name = STAGE_ALIASES.get(name, name)
-        _apply(config, name, value, f"--{key}")
+        _apply(config, *_route(config, key, value, f"--{key}"), f"--{key}")
     return config
 
 

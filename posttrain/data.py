@@ -11,19 +11,24 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from posttrain.config import ConfigError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 SFT_FORMATS = """\
-Accepted SFT formats (one JSON object per line in .jsonl; a JSON array in .json; rows in .parquet or a datasets folder):
-  messages:           {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+Accepted SFT formats (one JSON object per line in .jsonl; a JSON array in .json; rows in .parquet, a datasets folder
+or a hub dataset org/name; --data_columns renames columns named otherwise):
+  messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
+                      (an assistant turn may hold "tool_calls": [{"type": "function", "function": {"name": ...,
+                      "arguments": {...}}}], where the chat template renders them)
   prompt/completion:  {"prompt": "...", "completion": "..."}  (or both as lists of messages)
   alpaca:             {"instruction": "...", "input": "...", "output": "..."}
-  sharegpt:           {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}"""
+  sharegpt:           {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}
+  plain text:         {"text": "..."}  (every token is trained)"""
 
 PREFERENCE_FORMATS = """\
 Accepted preference formats:
@@ -68,12 +73,30 @@ class Table:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
-    """Rows of a .jsonl/.json/.parquet file or a saved ``datasets`` folder, each with its place in the file."""
-    path = Path(path)
+def read_rows(path: str | Path, formats: str = SFT_FORMATS, split: str = "", subset: str = "",
+              columns: dict[str, str] | None = None) -> list[Row]:
+    """Rows of a .jsonl/.json/.parquet file, a saved ``datasets`` folder, a folder of data files or a hub dataset
+    (see data_hub.py), each with its place in the file, columns renamed by ``columns``."""
+    from posttrain.data_hub import is_saved_dataset, load_dataset_rows, map_columns
+    from posttrain.hub import is_hub_id
+
+    source = str(path)
+    if is_hub_id(source) or (Path(path).is_dir() and not is_saved_dataset(Path(path))):
+        rows = load_dataset_rows(source, split, subset, formats)
+        if not rows:
+            raise DataError(source, None, "the dataset is empty.", formats)
+        return map_columns(rows, columns or {}, source, formats)
+    if subset or (split and not Path(path).is_dir()):
+        raise ConfigError(f"{source}: --data_split and --data_subset choose within a hub dataset or a datasets folder, "
+                          "not a file; leave them out.")
+    rows = _file_rows(Path(path), formats, split)
+    return map_columns(rows, columns or {}, source, formats)
+
+
+def _file_rows(path: Path, formats: str, split: str) -> list[Row]:
     source = str(path)
     if not path.exists():
-        raise DataError(source, None, "no such file or folder.")
+        raise DataError(source, None, "no such file or folder (a hub dataset is given as org/name).")
     if path.is_dir():
         try:
             from datasets import load_from_disk
@@ -81,8 +104,9 @@ def read_rows(path: str | Path, formats: str = SFT_FORMATS) -> list[Row]:
             dataset = load_from_disk(str(path))
         except Exception as err:  # noqa: BLE001 - any failure here means "not a datasets folder"
             raise DataError(source, None, f"is a folder but not a saved `datasets` dataset ({err}).", formats) from None
-        if hasattr(dataset, "keys"):  # DatasetDict: take the training split
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+        from posttrain.data_hub import pick_split
+
+        dataset, _ = pick_split(dataset, split, source)  # a DatasetDict: --data_split, else train, else the only one
         rows = [Row(dict(r), f"row {i + 1}") for i, r in enumerate(dataset)]
     elif path.suffix == ".jsonl":
         rows = []
@@ -157,13 +181,21 @@ def _messages(value: Any, source: str, where: str, name: str, formats: str) -> l
     messages = []
     for i, message in enumerate(value):
         here = f"{name}[{i}]"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        if not isinstance(message, dict) or "role" not in message or ("content" not in message and not message.get("tool_calls")):
             raise DataError(source, where, f"field '{here}' must be an object with 'role' and 'content'.", formats)
         role = message["role"]
         if role not in ROLES:
             raise DataError(source, where, f"field '{here}.role' is {role!r}, an unknown role; use one of {', '.join(ROLES)}.", formats)
-        content = _text(message["content"], source, where, f"{here}.content", formats, allow_empty=role != "assistant")
-        messages.append({"role": role, "content": content})
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                for c in calls)):
+            raise DataError(source, where, f"field '{here}.tool_calls' must be on an assistant turn, a list of "
+                                           '{"type": "function", "function": {"name": ..., "arguments": ...}}.', formats)
+        content = _text(message.get("content") if message.get("content") is not None or not calls else "", source, where,
+                        f"{here}.content", formats, allow_empty=role != "assistant" or bool(calls))
+        messages.append({"role": role, "content": content,
+                         **{k: message[k] for k in ("tool_calls", "name", "tool_call_id") if message.get(k) is not None}})
     return messages
 
 
@@ -220,23 +252,26 @@ def sft_example(row: Row, source: str) -> dict[str, Any]:
             return {"messages": prompt + completion}
         return {"prompt": _text(data["prompt"], source, where, "prompt", formats),
                 "completion": _text(data["completion"], source, where, "completion", formats)}
+    if "text" in data:
+        return {"text": _text(data["text"], source, where, "text", formats)}
     raise DataError(source, where, f"no recognised fields (found {sorted(data)}).", formats)
 
 
-def load_sft(path: str | Path) -> Table:
+def load_sft(path: str | Path, split: str = "", subset: str = "", columns: dict[str, str] | None = None) -> Table:
     source = str(path)
-    rows = read_rows(path, SFT_FORMATS)
+    rows = read_rows(path, SFT_FORMATS, split, subset, columns)
     examples = [sft_example(row, source) for row in rows]
     _check_one_kind(examples, rows, source, SFT_FORMATS)
     return Table(source, examples, [r.where for r in rows])
 
 
 def _check_one_kind(examples: list[dict], rows: list[Row], source: str, formats: str) -> None:
-    kinds = ["messages" in e for e in examples]
+    names = {"messages": "conversational", "prompt": "plain-text prompt/completion", "text": "plain text"}
+    kinds = [next(k for k in names if k in e) for e in examples]
     for kind, row in zip(kinds, rows):
         if kind != kinds[0]:
-            first = "conversational" if kinds[0] else "plain text"
-            raise DataError(source, row.where, f"mixes plain-text and conversational rows (the first row is {first}); use one kind per file.", formats)
+            raise DataError(source, row.where, f"mixes {names[kind]} and {names[kinds[0]]} rows (the first row is "
+                                               f"{names[kinds[0]]}); use one kind per file.", formats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +317,9 @@ def preference_example(row: Row, source: str) -> dict[str, Any]:
     return example
 
 
-def load_preferences(path: str | Path) -> Table:
+def load_preferences(path: str | Path, split: str = "", subset: str = "", columns: dict[str, str] | None = None) -> Table:
     source = str(path)
-    rows = read_rows(path, PREFERENCE_FORMATS)
+    rows = read_rows(path, PREFERENCE_FORMATS, split, subset, columns)
     examples = [preference_example(row, source) for row in rows]
     kinds = [isinstance(e["prompt"], list) for e in examples]
     for kind, row in zip(kinds, rows):
@@ -334,11 +369,49 @@ def load_prompts(path: str | Path) -> Table:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def chat_template_errors(source: str, where: str | None) -> Iterator[None]:
+    """A conversation the chat template refuses (a role it has no place for, turns that do not alternate: the
+    template's raise_exception, or transformers' ValueError) as one DataError naming the row."""
+    from jinja2 import TemplateError
+
+    try:
+        yield
+    except (TemplateError, ValueError) as err:
+        if isinstance(err, (DataError, ConfigError)):  # already one clear message (ConfigError is a ValueError)
+            raise
+        raise DataError(source, where, f"the model's chat template refused this conversation: {str(err).splitlines()[0]}. "
+                        "Change the row to what the template accepts (e.g. fold a system message into the first user "
+                        "turn, or alternate user and assistant turns), or train a model whose template takes it.") from None
+
+
+def check_tools_rendered(tokenizer, messages: list[dict[str, Any]]) -> None:
+    """Refuse a conversation with tool calls or tool results that the chat template leaves out of its text (many
+    templates have no place for them): training on it would drop them without a word."""
+    calls = [c["function"]["name"] for m in messages for c in m.get("tool_calls", [])]
+    results = [m["content"] for m in messages if m["role"] == "tool" and m["content"].strip()]
+    if not calls and not results:
+        return
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    missing = [f"the tool call {name!r}" for name in calls if name not in text]
+    missing += [f"the tool result {content[:30]!r}" for content in results if content not in text]
+    if missing:
+        raise ValueError(f"it leaves out {', '.join(missing)}; use a model whose template renders tool calls, or "
+                         "--chat_template with one that does")
+
+
+def _where(messages: list[dict[str, str]]) -> str:
+    """A conversation named by its first words, where its row is not known."""
+    first = next((m["content"] for m in messages if m.get("content")), "")
+    return f"the conversation starting {first[:40]!r}"
+
+
 def render_prompt(tokenizer, prompt: list[dict[str, str]] | str) -> str:
     """Prompt text ready for generation: the chat template with the assistant header, or plain text."""
     if isinstance(prompt, str):
         return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    with chat_template_errors("the data", _where(prompt)):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str) -> str:
@@ -351,7 +424,8 @@ def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: lis
         return prompt + response
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     messages += [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    with chat_template_errors("the data", _where(messages)):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def encode_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str,
@@ -405,14 +479,20 @@ class TokenisedSFT:
     dropped: int  # rows with no trainable token left after the cut
 
 
-def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, loss_on: str = "assistant") -> TokenisedSFT:
-    """Token ids and labels (-100 where no loss) for each SFT example; cuts to ``max_length`` and counts the cuts."""
+def tokenise_sft(examples: list[dict[str, Any]], tokenizer, max_length: int, loss_on: str = "assistant",
+                 source: str = "the data", places: list[str] | None = None) -> TokenisedSFT:
+    """Token ids and labels (-100 where no loss) for each SFT example; cuts to ``max_length`` and counts the cuts.
+    ``source`` and ``places`` (a Table's) name the row the chat template refuses, if it refuses one."""
     rows, truncated, dropped = [], 0, 0
-    for example in examples:
+    for index, example in enumerate(examples):
         ids: list[int] = []
         labels: list[int] = []
         if "messages" in example:
-            pieces = list(_segments(tokenizer, example["messages"]))
+            with chat_template_errors(source, places[index] if places else f"example {index + 1}"):
+                check_tools_rendered(tokenizer, example["messages"])
+                pieces = list(_segments(tokenizer, example["messages"]))
+        elif "text" in example:  # plain text: no prompt, every token is trained
+            pieces = [(example["text"] + (tokenizer.eos_token or ""), True)]
         else:
             pieces = [(example["prompt"], False), (example["completion"] + (tokenizer.eos_token or ""), True)]
         for text, trained in pieces:

@@ -26,6 +26,7 @@ import torch
 from posttrain.config import ConfigError, EvalConfig, require, to_dict
 from posttrain.data import encode_response, load_preferences, load_prompts, render_prompt
 from posttrain.models import is_adapter_folder, read_metadata, write_metadata
+from posttrain.padding import pad
 from posttrain.rewards import load_reward_function
 
 SHOWN_SAMPLES = 8  # side-by-side rows in the report page
@@ -66,23 +67,23 @@ def _response_ids(tokenizer, prompt, response, max_length: int) -> tuple[list[in
 
 
 @torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+def response_logprobs(model, tokenizer, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
+                      progress: str = "") -> list[float]:
     """Sum over the response tokens of log p(token | everything before it), one number per prompt + response.
 
-    Rows longer than ``max_length`` tokens lose their end. Padding is on the right and masked out.
+    Rows longer than ``max_length`` tokens lose their end. Padding is on the right and masked out. ``progress``
+    names a progress bar over the batches (none when empty).
     """
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     rows = [_response_ids(tokenizer, p, r, max_length) for p, r in zip(prompts, responses, strict=True)]
     out: list[float] = []
-    for first in range(0, len(rows), batch_size):
+    for first in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         chunk = rows[first:first + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)  # (batch, width-1): targets ids[:, 1:]
+        ids, attention = pad([tokens for tokens, _ in chunk], tokenizer.pad_token_id)
+        scored = torch.zeros((len(chunk), ids.shape[1] - 1), dtype=torch.bool)  # (batch, width-1): targets ids[:, 1:]
         for row, (tokens, start) in enumerate(chunk):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            attention[row, :len(tokens)] = 1
             scored[row, start - 1:len(tokens) - 1] = True
         ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
         logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
@@ -124,7 +125,8 @@ def implicit_reward_accuracy(model_name: str, pairs: list[dict], batch_size: int
     reference, use_reference, beta = reference_for(loaded)
 
     def logps(side: str) -> list[float]:
-        return response_logprobs(loaded.model, loaded.tokenizer, prompts, [p[side] for p in pairs], batch_size, max_length)
+        return response_logprobs(loaded.model, loaded.tokenizer, prompts, [p[side] for p in pairs], batch_size, max_length,
+                                 progress=f"log-probs of {side} responses")
 
     policy = {side: logps(side) for side in ("chosen", "rejected")}
     rewards = dict(policy)
@@ -140,8 +142,8 @@ def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -
 
     rm = load_reward_model(folder)
     prompts = [p["prompt"] for p in pairs]
-    chosen = rm.score(prompts, [p["chosen"] for p in pairs], batch_size)
-    rejected = rm.score(prompts, [p["rejected"] for p in pairs], batch_size)
+    chosen = rm.score(prompts, [p["chosen"] for p in pairs], batch_size, progress="scoring chosen")
+    rejected = rm.score(prompts, [p["rejected"] for p in pairs], batch_size, progress="scoring rejected")
     return pair_accuracy(chosen, rejected)
 
 
@@ -151,14 +153,16 @@ def reward_model_accuracy(folder: str, pairs: list[dict], batch_size: int = 8) -
 
 
 def generate_responses(model_name: str, prompts: list, max_new_tokens: int, temperature: float = 0.0,
-                       seed: int = 0) -> tuple[list[str], list[int]]:
-    """Responses of a model (or checkpoint) to prompts, and their lengths in tokens."""
+                       seed: int = 0, **sampling: Any) -> tuple[list[str], list[int]]:
+    """Responses of a model (or checkpoint) to prompts, and their lengths in tokens; ``sampling``: top_p, top_k,
+    repetition_penalty, stop (see generation.generate_texts)."""
     from posttrain.generation import generate_texts
     from posttrain.models import load_for_inference
 
     loaded = load_for_inference(model_name)
     torch.manual_seed(seed)
-    texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+    texts = generate_texts(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                           progress=f"generating ({Path(model_name).name or model_name})", **sampling)
     lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return texts, lengths
 
@@ -169,12 +173,12 @@ def prompt_text(prompt) -> str:
 
 def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, reward_model: str = "",
                  temperature: float = 0.0, seed: int = 0, reward_functions: list | None = None,
-                 prompt_rows: list[dict] | None = None) -> list[dict[str, Any]]:
+                 prompt_rows: list[dict] | None = None, sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per prompt: {"prompt", <label>: response, <label>_tokens, <label>_reward (with a reward model),
     <label>_<function> (with reward functions, called with the prompt rows' other columns)}."""
     rows = [{"prompt": prompt_text(p)} for p in prompts]
     for label, name in models.items():
-        texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed)
+        texts, lengths = generate_responses(name, prompts, max_new_tokens, temperature, seed, **(sampling or {}))
         for row, text, length in zip(rows, texts, lengths):
             row[label], row[f"{label}_tokens"] = text, length
     if reward_model:
@@ -182,7 +186,7 @@ def side_by_side(models: dict[str, str], prompts: list, max_new_tokens: int, rew
 
         rm = load_reward_model(reward_model)
         for label in models:
-            for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows])):
+            for row, score in zip(rows, rm.score(prompts, [row[label] for row in rows], progress=f"scoring ({label})")):
                 row[f"{label}_reward"] = score
     prompt_rows = prompt_rows or [{"prompt": p} for p in prompts]
     columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"} if prompt_rows else {}
@@ -251,8 +255,10 @@ def run_eval(config: EvalConfig) -> Path:
     # 2. generate and judge: reward, win-rate, length
     if prompts:
         models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
+        sampling = {"top_p": config.top_p, "top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
+                    "stop": [s for s in config.stop.split(",") if s]}
         rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed,
-                            functions, prompt_rows)
+                            functions, prompt_rows, sampling)
         summary["prompts"] = len(prompts)
         for label in labels:
             summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])

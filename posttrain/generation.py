@@ -14,6 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from posttrain.data import render_prompt
 from posttrain.models import stop_token_ids
+from posttrain.padding import pad
 
 
 @dataclass
@@ -38,12 +39,7 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int, device: tor
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     cut = sum(len(e) > max_prompt_length for e in encoded)
     encoded = [e[-max_prompt_length:] for e in encoded]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+    ids, mask = pad(encoded, tokenizer.pad_token_id, "left")
     return ids.to(device), mask.to(device), cut
 
 
@@ -186,16 +182,33 @@ def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
 
 
 def generate_texts(model, tokenizer, prompts: list, max_new_tokens: int = 64, temperature: float = 0.0,
-                   top_p: float = 1.0, batch_size: int = 8, max_prompt_length: int = 512) -> list[str]:
-    """Responses (decoded, special tokens removed) for prompts given as chat messages or text."""
+                   top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, stop: list[str] | None = None,
+                   batch_size: int = 8, max_prompt_length: int = 512, progress: str = "") -> list[str]:
+    """Responses (decoded, special tokens removed) for prompts given as chat messages or text, through transformers'
+    ``generate`` with the sampling flags of ``posttrain chat`` (temperature 0 is greedy, top_k 0 and
+    repetition_penalty 1 are off); each text ends before the first of the ``stop`` strings. Evaluation and report
+    samples use this; the PPO rollouts keep :func:`sample`, which also returns the sampling log-probs they need.
+    ``progress`` names a progress bar over the batches (none when empty)."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    sampling = temperature > 0
     texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         chunk = prompts[start:start + batch_size]
         query, mask, _ = encode_prompts(tokenizer, chunk, max_prompt_length, device)
-        response = sample(model, tokenizer, query, mask, max_new_tokens, temperature, top_p)
-        texts.extend(tokenizer.decode(r, skip_special_tokens=True).strip() for r in response)
+        output = model.generate(
+            input_ids=query, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sampling,
+            temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+            top_k=top_k if sampling else None, repetition_penalty=repetition_penalty,
+            stop_strings=stop or None, tokenizer=tokenizer if stop else None,
+            eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        for response in output[:, query.shape[1]:]:
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            for marker in stop or []:
+                text = text.split(marker, 1)[0]  # generate stops at a stop string but keeps it
+            texts.append(text.strip())
     model.train(was_training)
     return texts

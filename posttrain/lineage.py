@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from posttrain.atomic import write_atomic
 from posttrain.config import to_dict
 from posttrain.pipeline_spec import KINDS, Stage
 
@@ -20,7 +21,7 @@ MANIFEST = "lineage.json"
 # Content hashes and the lineage manifest
 # ---------------------------------------------------------------------------------------------
 
-SKIP_IN_HASH = {"checkpoints", ".writing", "__pycache__"}
+SKIP_IN_HASH = {"checkpoints", ".writing", "__pycache__", "logs"}  # logs: tracker event files (--report_to), not the model
 _hash_cache: dict[tuple, str] = {}
 
 
@@ -91,10 +92,7 @@ def read_manifest(output: Path) -> dict:
 
 def write_manifest(output: Path, manifest: dict) -> None:
     """Write lineage.json atomically: a kill mid-write leaves the previous manifest."""
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(tmp, output / MANIFEST)
+    write_atomic(output / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def now() -> str:

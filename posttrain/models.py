@@ -11,8 +11,6 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +18,7 @@ from typing import Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from posttrain.atomic import atomic_folder
 from posttrain.config import LoraSection
 from posttrain.memory import check_quantization, placement
 from posttrain.run_folder import METADATA_FILE, check_finished
@@ -132,14 +131,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(source.state_dict())
     clean.generation_config = copy.deepcopy(source.generation_config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:  # a killed conversion never leaves a folder that looks complete
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a killed conversion never leaves a folder that looks complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model(name: str) -> str:
@@ -415,12 +409,14 @@ def attach_adapter(
 
     ``model`` is a loaded transformers model, a PeftModel that already has adapters, or a folder/hub id/alias.
     ``adapter`` is a saved adapter folder; without one a fresh adapter is made from ``lora`` (defaults: r=16, all
-    linear layers). Returns the PeftModel.
+    linear layers). Returns the PeftModel, each module in the train/eval mode it had (eval for a model from
+    ``from_pretrained``: the adapter's dropout is off until you call ``.train()``).
     """
     from peft import PeftModel, get_peft_model
 
     if isinstance(model, (str, Path)):
         model = load_base_model(str(model))
+    modes = _modes(model)
     if adapter is not None:
         if not is_adapter_folder(adapter):
             raise ModelError(f"{adapter} is not an adapter folder (it has no adapter_config.json).")
@@ -439,7 +435,25 @@ def attach_adapter(
         for param_name, param in model.named_parameters():
             if belongs_to(param_name, name):
                 param.requires_grad_(False)
+    _restore_modes(model, modes)
     return model
+
+
+def _modes(model: torch.nn.Module) -> dict[torch.nn.Module, bool]:
+    """Each module's train/eval flag, to put back after peft has changed the model."""
+    return {module: module.training for module in model.modules()}
+
+
+def _restore_modes(model: torch.nn.Module, modes: dict[torch.nn.Module, bool]) -> None:
+    """Put back the flags :func:`_modes` took; a module peft added (LoRA layers and their dropout, the PeftModel
+    wrapper) takes its parent's. peft leaves new modules in training mode (nn.Module's default), so an adapter on a
+    model in eval mode would run live dropout, and loads a frozen adapter by switching the whole model to eval."""
+    top = next(iter(modes.values()), model.training)
+    parents: dict[str, bool] = {}
+    for name, module in model.named_modules():
+        flag = modes.get(module, parents.get(name.rpartition(".")[0], top) if name else top)
+        module.training = flag  # per module, not .train(), which would overwrite the children's own flags
+        parents[name] = flag
 
 
 def belongs_to(param_name: str, adapter: str) -> bool:
@@ -480,18 +494,10 @@ def merge_and_save(model: torch.nn.Module | str, output: str | Path, tokenizer: 
     if adapter is not None:
         use_adapter(model, adapter)
     merged = model.merge_and_unload()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".", dir=output.parent))
-    try:
+    with atomic_folder(Path(output)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return merged
 
 

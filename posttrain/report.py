@@ -170,8 +170,40 @@ def write_model_card(folder: str | Path, stage: str, base_model: str, data: str,
     if notes:
         lines += [notes, ""]
     path = Path(folder) / "README.md"
+    metadata = card_metadata(folder, stage, base_model, data)
     path.write_text("\n".join(lines))
+    from huggingface_hub import metadata_save
+
+    metadata_save(path, metadata)  # the hub reads the YAML front matter: base model, library, tags, datasets
     return path
+
+
+# the hub's tags for each stage (TRL's trainers tag their cards "trl" and these)
+STAGE_TAGS = {"SFT": ["trl", "sft"], "DPO": ["trl", "dpo"], "reward model": ["trl", "reward-trainer"]}
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # posttrain's model aliases on the hub
+
+
+def card_metadata(folder: str | Path, stage: str, base_model: str, data: str) -> dict[str, Any]:
+    """The card's front matter: what peft's ``save_pretrained`` wrote into the folder's README.md (base_model,
+    library_name, pipeline_tag, tags) kept, with posttrain's tags, the stage's, and a hub dataset added."""
+    from huggingface_hub import metadata_load
+
+    from posttrain.hub import is_hub_id
+
+    card = Path(folder) / "README.md"
+    metadata = dict((metadata_load(card) if card.is_file() else None) or {})
+    metadata.setdefault("base_model", HUB_IDS.get(base_model, base_model))
+    metadata.setdefault("library_name", "peft" if (Path(folder) / "adapter_config.json").is_file() else "transformers")
+    metadata.setdefault("pipeline_tag", "text-classification" if stage == "reward model" else "text-generation")
+    algo = stage.split("(")[-1].rstrip(")").lower() if stage.startswith("RLHF") else None
+    tags = list(metadata.get("tags") or [])
+    for tag in ["posttrain", *STAGE_TAGS.get(stage, ["rlhf", algo] if algo else [])]:
+        if tag not in tags:
+            tags.append(tag)
+    metadata["tags"] = tags
+    if data and is_hub_id(data) and not metadata.get("datasets"):
+        metadata["datasets"] = [data]
+    return metadata
 
 
 # ---------------------------------------------------------------------------------------------

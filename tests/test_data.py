@@ -105,7 +105,7 @@ BAD_ROWS = {
     "content not text": ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 3}]},
                          "line 2", "field 'messages[1].content' must be a string"),
     "no known fields": ({"question": "Hi", "answer": "Yo"}, "line 2", "no recognised fields"),
-    "mixed kinds": ({"prompt": "Hi", "completion": "Hello"}, "line 2", "mixes plain-text and conversational rows"),
+    "mixed kinds": ({"prompt": "Hi", "completion": "Hello"}, "line 2", "mixes plain-text prompt/completion and conversational rows"),
 }
 
 

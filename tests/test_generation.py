@@ -78,3 +78,56 @@ def test_swapped_weights_compute_with_the_new_weight_and_leave_the_layer_as_it_w
     if dtype == torch.bfloat16 and packed_weight(new) is None:
         pytest.skip("this CPU's oneDNN has no bf16 product: the plain swap above was the path taken")
     assert (packed_weight(new) is not None) == (dtype == torch.bfloat16)
+
+
+def test_the_padder_pads_either_side_with_its_mask():
+    from posttrain.padding import pad
+
+    # rows of 3, 1 and 2 tokens: width 3; the mask is 1 exactly where a row's own tokens sit
+    ids, mask = pad([[5, 6, 7], [8], [9, 10]], 0, "left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    ids, mask = pad([[5, 6, 7], [8], [9, 10]], 2)
+    assert ids.tolist() == [[5, 6, 7], [8, 2, 2], [9, 10, 2]] and mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tmp_path_factory, real_tokenizer_dir):
+    """A tiny random model (seed 7) whose greedy answers are words, repeated: 'InterestingInteresting...'."""
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_model
+    from posttrain.models import load_for_inference
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-7"), AutoTokenizer.from_pretrained(real_tokenizer_dir), seed=7)
+    return load_for_inference(str(folder), device=torch.device("cpu"))
+
+
+PROMPTS = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "Say hello to me, please."}]]
+
+
+def test_eval_generation_through_transformers_matches_the_rollout_sampler_when_greedy(tiny_loaded):
+    from posttrain.generation import generate_texts
+
+    model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
+    texts = generate_texts(model, tokenizer, PROMPTS, max_new_tokens=8)
+    query, mask, _ = encode_prompts(tokenizer, PROMPTS, 512, torch.device("cpu"))
+    ours = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in sample(model, tokenizer, query, mask, 8, 0.0)]
+    assert texts == ours and all(texts)  # one greedy answer, whichever path drew it
+
+
+def test_eval_generation_takes_chats_flags_and_stop_strings(tiny_loaded):
+    from posttrain.generation import generate_texts
+
+    model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
+    greedy = generate_texts(model, tokenizer, PROMPTS, max_new_tokens=12)
+    penalised = generate_texts(model, tokenizer, PROMPTS, max_new_tokens=12, repetition_penalty=50.0)
+    assert penalised != greedy
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in penalised]
+    assert all(len(set(row)) == len(row) for row in ids)  # a huge penalty: no token twice
+    assert greedy[0].startswith("InterestingInteresting")
+    cut = generate_texts(model, tokenizer, PROMPTS[:1], max_new_tokens=12, stop=["estingInt"])
+    assert cut == ["Inter"]  # ends before the first stop string
+    torch.manual_seed(0)
+    top1 = generate_texts(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=1.0, top_k=1)
+    assert top1 == generate_texts(model, tokenizer, PROMPTS, max_new_tokens=8)  # top-k 1 sampling is greedy

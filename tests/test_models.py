@@ -241,3 +241,77 @@ def test_merge_from_a_checkpoint_folder(tiny_model_dir, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(_logits(merged, IDS), expected, atol=1e-4, rtol=0)
     assert (tmp_path / "merged" / "tokenizer.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter API leaves the model's train/eval mode as it found it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def saved_adapter(tiny_model_dir, tmp_path):
+    """A saved adapter with live dropout (0.5) and non-zero B, so dropout in training mode shows in the logits."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.config import LoraSection
+
+    model = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora=LoraSection(r=4, alpha=8, dropout=0.5))
+    _randomise_lora(model, seed=4)
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def _modes(model) -> set[bool]:
+    return {module.training for module in model.modules()}
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_an_attached_adapter_keeps_eval_mode_and_gives_the_same_logits_twice(tiny_model_dir, saved_adapter, trainable):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # from_pretrained returns a model in eval mode
+    model = attach_adapter(base, saved_adapter, trainable=trainable)
+    assert _modes(model) == {False}  # LoRA dropout included
+    torch.testing.assert_close(_logits(model, IDS), _logits(model, IDS), atol=0, rtol=0)
+
+    # a second adapter on the PeftModel, switching between them, and the bare base keep it too
+    model = attach_adapter(model, saved_adapter, name="second", trainable=trainable)
+    use_adapter(model, "default")
+    assert _modes(model) == {False}
+    with adapters_disabled(model):
+        assert _modes(model) == {False}
+    use_adapter(model, "second")
+    assert _modes(model) == {False}
+    torch.testing.assert_close(_logits(model, IDS), _logits(model, IDS), atol=0, rtol=0)
+
+
+def test_a_model_in_training_mode_stays_in_training_mode(tiny_model_dir, saved_adapter):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    # peft loads a frozen adapter by switching the whole model to eval; the user's model was training
+    model = attach_adapter(base, saved_adapter, trainable=False)
+    assert _modes(model) == {True}
+    model = attach_adapter(model, saved_adapter, name="second")
+    assert _modes(model) == {True}
+    # dropout 0.5 on the adapter's input is live: the same input gives different logits
+    assert not torch.equal(_logits(model, IDS), _logits(model, IDS))
+
+
+def test_a_mixed_model_keeps_each_modules_mode(tiny_model_dir, saved_adapter):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    base.model.layers[0].eval()  # a user's choice for one block; the adapter's layers inside it follow it
+    model = attach_adapter(base, saved_adapter)
+    layer0, layer1 = base.model.layers
+    assert {m.training for m in layer0.modules()} == {False} and {m.training for m in layer1.modules()} == {True}
+
+
+def test_merge_and_save_keeps_eval_mode(tiny_model_dir, saved_adapter, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), saved_adapter)
+    merged = merge_and_save(model, tmp_path / "merged")
+    assert _modes(merged) == {False}
+    torch.testing.assert_close(_logits(merged, IDS), _logits(merged, IDS), atol=0, rtol=0)

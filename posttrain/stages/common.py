@@ -15,11 +15,11 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from posttrain.atomic import write_atomic
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
     count_parameters,
-    default_device,
     default_dtype,
     expose_head_bias,
     load_model,
@@ -30,7 +30,7 @@ from posttrain.run_folder import CHECKPOINTS, LOCK_FILE, SCRATCH, read_lock
 RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the run the checkpoints belong to
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
 # settings a resumed run may change: they decide what is logged and saved, not what is trained
-FREE_ON_RESUME = {"resume", "output", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
+FREE_ON_RESUME = {"resume", "output", "report_to", "push_to_hub", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
 
@@ -74,56 +74,6 @@ def trainer_placement(args: Any, train: TrainSection) -> tuple[torch.device, tor
     """
     dtype = default_dtype(args.device, train.precision)
     return (args.device if train.quantization != "none" else torch.device("cpu")), dtype
-
-
-def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
-    """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig)."""
-    dtype = default_dtype(default_device(), train.precision)
-    eval_every = train.eval_steps or None
-    return dict(
-        output_dir=str(output / CHECKPOINTS),
-        learning_rate=train.lr,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
-        warmup_steps=train.warmup_ratio,
-        lr_scheduler_type=train.scheduler,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        seed=train.seed,
-        data_seed=train.seed,
-        logging_steps=train.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps" if train.save_steps > 0 else "no",
-        save_steps=train.save_steps or 500,
-        save_total_limit=2,
-        eval_strategy=("steps" if eval_every else "no") if has_eval else "no",
-        eval_steps=eval_every,
-        gradient_checkpointing=checkpointing,
-        # non-reentrant: works with a frozen embedding (LoRA) and with FSDP2; TRL switches to reentrant where
-        # DeepSpeed ZeRO-3 with peft needs it
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        dataloader_num_workers=0,
-        max_length=train.max_length,
-    )
-
-
-def trl_config(cls: type, train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False, **extra: Any):
-    """A TRL config (``trl.RewardConfig``, ``trl.DPOConfig``, ...) from :func:`trainer_kwargs`, keeping only the
-    keys ``cls`` knows, plus the stage's own ``extra`` settings. Make it before the model loads (see
-    :func:`trainer_placement`): it sets up accelerate's process state, and under DeepSpeed ZeRO-3 it is what lets
-    transformers build the model already sharded."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(cls)}
-    shared = {k: v for k, v in trainer_kwargs(train, output, has_eval, checkpointing).items() if k in known and k not in extra}
-    return cls(**shared, **extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +142,24 @@ def checkpoint_folders(output: Path) -> list[Path]:
 
 
 def check_start(output: Path, config: Any) -> None:
-    """Before a stage reads data or loads a model: ``--resume`` needs a checkpoint, of a run with the same settings
-    (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its checkpoints with an earlier run's."""
+    """Before a stage reads data or loads a model: ``--report_to`` names an installed tracker, ``--push_to_hub`` a
+    hub it can reach, ``train.extra`` fields of the stage's TRL config; ``--resume`` needs a checkpoint, of a run
+    with the same settings (those saved in checkpoints/posttrain_run.json); a fresh start must not mix its
+    checkpoints with an earlier run's."""
+    if hasattr(config, "report_to"):  # a tracker that is not installed fails here, not after the data is read
+        from posttrain.tracking import resolve_report_to
+
+        resolve_report_to(config.report_to)
+    if getattr(config, "push_to_hub", ""):  # offline or without a token: said now, not after the run trained
+        from posttrain.hub import check_push
+
+        check_push(config.push_to_hub)
+    train = getattr(config, "train", None)
+    if getattr(train, "extra", None):  # a misspelt TRL field fails here, not after the data is read
+        from posttrain.config_aliases import trl_config_class
+        from posttrain.stages.trl_args import checked_extra
+
+        checked_extra(config, trl_config_class(type(config)))
     found = checkpoint_folders(output)
     if config.resume and not found:
         raise StageError(f"--resume: no checkpoint under {output / CHECKPOINTS}. Run without --resume to start, and set "
@@ -211,11 +177,7 @@ def check_start(output: Path, config: Any) -> None:
 
 def save_run_settings(output: Path, settings: dict[str, Any]) -> None:
     """Record the settings of the run whose checkpoints are under ``output`` (atomically: a kill keeps the old file)."""
-    record = output / CHECKPOINTS / RUN_SETTINGS
-    record.parent.mkdir(parents=True, exist_ok=True)
-    scratch = record.with_name(f".{RUN_SETTINGS}.tmp")
-    scratch.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(scratch, record)
+    write_atomic(output / CHECKPOINTS / RUN_SETTINGS, json.dumps(settings, indent=2) + "\n")
 
 
 def process_count() -> int:
@@ -228,7 +190,7 @@ def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
     content hash of each data file, and the process count (it sets the batch each step sees)."""
     from posttrain.lineage import hash_path
 
-    settings = _flat(config)
+    settings = flatten(config)
     for key in ("data", "eval_data", "prompts"):
         if settings.get(key) and Path(settings[key]).exists():
             settings[f"{key} (content sha256)"] = hash_path(settings[key])
@@ -251,11 +213,12 @@ def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkp
                          f"removing {folder}.")
 
 
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
     flat = {}
     for key, value in mapping.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
@@ -329,6 +292,29 @@ def finished_checkpoint(output: Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def loss_span(history: list[dict[str, Any]]) -> dict[str, float]:
+    """``first_loss`` and ``last_loss`` of a run's logged training losses ({} when none was logged)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {"first_loss": losses[0], "last_loss": losses[-1]} if losses else {}
+
+
+@contextmanager
+def stage_tail(trainer, output: Path, tokenizer, **save_kwargs: Any) -> Iterator[Path | None]:
+    """The end of a TRL stage: the trained adapter (gathered on every process: a collective under FSDP and ZeRO-3)
+    and the tokenizer go into :func:`finished_checkpoint`'s scratch folder, which the block then fills with the
+    stage's own files (metrics, plots, card, stage files) and which moves into ``output`` when it ends. The block
+    gets the folder on the main process and None on the others; every process waits for the move."""
+    state = gathered_state(trainer)
+    if trainer.is_world_process_zero():
+        with finished_checkpoint(output) as folder:
+            trainer.model.save_pretrained(folder, state_dict=state, **save_kwargs)
+            tokenizer.save_pretrained(folder)
+            yield folder
+    else:
+        yield None
+    trainer.accelerator.wait_for_everyone()
 
 
 def save_stage_files(folder: Path, stage: str, config: Any, base_model: str, **extra: Any) -> None:

@@ -21,22 +21,25 @@ from transformers import TrainerCallback
 
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import is_adapter_folder, load_model, lora_config, model_tokenizer
+from posttrain.padding import pad
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 # The losses trl.DPOTrainer (1.16) implements, by the names it takes; a comma list combines them (e.g. MPO).
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -97,13 +100,9 @@ def kl_batches(examples: list[dict[str, Any]], tokenizer, max_length: int, batch
     batches = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        response = torch.zeros((len(chunk), width - 1), dtype=torch.long)
+        input_ids, attention = pad([ids for ids, _ in chunk], tokenizer.pad_token_id)
+        response = torch.zeros((len(chunk), input_ids.shape[1] - 1), dtype=torch.long)
         for j, (ids, start) in enumerate(chunk):
-            input_ids[j, : len(ids)] = torch.tensor(ids)
-            attention[j, : len(ids)] = 1
             response[j, start - 1: len(ids) - 1] = 1  # logits at position t predict token t + 1
         batches.append(KLBatch(input_ids, attention, response))
     return batches
@@ -178,7 +177,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_preferences(config.data)
+    table = load_preferences(config.data, **data_options(config))
     rows = [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in table.rows]
     if "margin" in table.rows[0]:
         log("the data has per-pair margins; DPO does not use them (they are for `posttrain rm`)")
@@ -186,7 +185,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     resume_from = resume_point(config)
 
     # 2. count what max_length cuts, with the chat template TRL will apply
-    tokenizer = model_tokenizer(config.model)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
     eos = tokenizer.eos_token or ""
     over = count_over_length(rows, tokenizer, train.max_length, plain_suffix=eos)
     prompt_full = sum(
@@ -202,7 +201,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then policy and reference on one copy of the
     # base weights, built where the trainer expects them
-    args = trl_config(trl.DPOConfig, train, Path(config.output), has_eval=bool(held_rows),
+    args = trl_config(trl.DPOConfig, config, has_eval=bool(held_rows),
                       checkpointing=gradient_checkpointing("dpo", config),
                       beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
     device, dtype = trainer_placement(args, train)
@@ -247,9 +246,7 @@ def run_dpo(config: DPOConfig) -> Path:
     # 4. train, then a last evaluation on the held-out pairs
     result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
     if setup.counts["heldout_pairs"]:
         evals = [h for h in recorder.history if "eval_loss" in h]
         # the trainer already evaluated at the last step when it fell on an eval_steps boundary
@@ -264,11 +261,8 @@ def run_dpo(config: DPOConfig) -> Path:
             f"margin {final.get('eval_rewards_margins', float('nan')):.3f}, KL to the reference {final.get('eval_kl', float('nan')):.3f} nats/response")
 
     # 5. save: the policy adapter only (not the frozen reference), tokenizer, config, metrics, plot, model card
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state, selected_adapters=[POLICY_ADAPTER])
-            setup.tokenizer.save_pretrained(folder)
+    with stage_tail(trainer, output, setup.tokenizer, selected_adapters=[POLICY_ADAPTER]) as folder:
+        if folder is not None:
             write_metrics(folder, final, recorder.history)
             plot = plot_curves(folder / "dpo.png", recorder.history, [
                 ("loss", ["loss", "eval_loss"]),
@@ -283,6 +277,5 @@ def run_dpo(config: DPOConfig) -> Path:
                              usage=[f"posttrain chat {output} --prompt \"Hello!\"", f"posttrain merge {output} --output {output}-merged"])
             save_stage_files(folder, "dpo", config, setup.base_name, reference=setup.reference,
                              started_from=config.model if is_adapter_folder(config.model) else None)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the DPO adapter to {output}")
     return output

@@ -17,23 +17,25 @@ from datasets import Dataset
 
 from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
     StageError,
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a length-biased reward model
 
@@ -210,12 +212,12 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_preferences(config.data)
+    table = load_preferences(config.data, **data_options(config))
     train_rows, held_rows = split_holdout(table.rows, train.eval_split, train.seed)
     resume_from = resume_point(config)
 
     # 2. tokenise with the chat template ourselves: the same rendering score() and PPO use, cuts counted
-    tokenizer = model_tokenizer(config.model)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
     train_pairs, over_train = tokenise_pairs(train_rows, tokenizer, train.max_length)
     held_pairs, over_held = tokenise_pairs(held_rows, tokenizer, train.max_length)
     over = over_train + over_held
@@ -229,7 +231,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then the base model with a scalar head and
     # LoRA on the body, built where the trainer expects it
-    args = trl_config(trl.RewardConfig, train, Path(config.output), has_eval=bool(held_pairs.chosen),
+    args = trl_config(trl.RewardConfig, config, has_eval=bool(held_pairs.chosen),
                       checkpointing=gradient_checkpointing("rm", config))
     device, dtype = trainer_placement(args, train)
     model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,
@@ -258,9 +260,7 @@ def run_reward(config: RewardConfig) -> Path:
     # 4. train
     result = run_trainer(trainer, output, setup.resume_from)
     final: dict[str, Any] = {"train_loss": result.training_loss, "steps": result.global_step, **params, **setup.counts}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
 
     # 5. held-out report: accuracy, margin, reward distribution, length bias
     evaluated = setup.held_pairs if setup.held_pairs.chosen else setup.train_pairs
@@ -279,12 +279,9 @@ def run_reward(config: RewardConfig) -> Path:
     # 6. save: adapter with the head, the head alone, tokenizer, config, metrics, plots, model card
     from safetensors.torch import save_file
 
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state)
+    with stage_tail(trainer, output, tokenizer) as folder:
+        if folder is not None:
             save_file(head_state(trainer.model), str(folder / HEAD_FILE))
-            tokenizer.save_pretrained(folder)
             write_metrics(folder, final, recorder.history,
                           rewards={"chosen": stats.chosen, "rejected": stats.rejected,
                                    "chosen_tokens": stats.chosen_len, "rejected_tokens": stats.rejected_len})
@@ -304,7 +301,6 @@ def run_reward(config: RewardConfig) -> Path:
                              notes=READ_ME_LAYOUT)
             save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
                              reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the reward model to {output}")
     return output
 

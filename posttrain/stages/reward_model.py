@@ -25,6 +25,7 @@ import torch
 
 from posttrain.data import encode_response
 from posttrain.models import ModelError, is_adapter_folder, load_model
+from posttrain.padding import pad
 
 HEAD_FILE = "reward_head.safetensors"
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
@@ -67,20 +68,19 @@ def reward_model_input(tokenizer, prompt, response) -> list[int]:
 
 
 def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    """Reward-model rows padded on the right (the reward is read at each row's last real token), on ``device``."""
+    ids, mask = pad(rows, pad_id, "right")
     return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
-def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "") -> list[float]:
+    """The reward of each row of token ids; ``progress`` names a progress bar over the batches (none when empty)."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
+    for start in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         ids, mask = pad_right(rows[start:start + batch_size], pad_id, device)
         scores.extend(sequence_rewards(model, ids, mask).tolist())
     return scores
@@ -104,10 +104,11 @@ class RewardModel:
             rows.append(ids)
         return rows, cut
 
-    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512) -> list[float]:
+    def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
+              progress: str = "") -> list[float]:
         """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
         rows, _ = self.encode(prompts, responses, max_length)
-        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size) if rows else []
+        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress) if rows else []
 
 
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:

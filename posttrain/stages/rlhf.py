@@ -38,6 +38,7 @@ from posttrain.stages.rlhf_rewards import load_reward_functions, reward_sources,
 from posttrain.stages.rlhf_roles import load_roles
 from posttrain.stages.rlhf_state import checkpoint_dirs, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from posttrain.stages.rlhf_steps import Optimisation, advantages, collect_rollouts, score, update, updates_per_step
+from posttrain.tracking import accelerator_settings, log_metrics, start_tracking, stop_tracking
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,10 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
 
         # buffers (rotary tables) are the same everywhere: no broadcast at every forward
         accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                  **accelerator_settings(config.report_to, output))
     refuse_sharded(accelerator)
+    start_tracking(accelerator, config)  # --report_to: the rows of metrics.json, step by step
     rank, world = accelerator.process_index, accelerator.num_processes
     collective = Collective(accelerator)
     torch.manual_seed(config.ppo.seed)  # every process builds identical fresh adapters
@@ -219,6 +222,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         if run.stops.observe_eval(run.start_eval) and accelerator.is_main_process:
             save_best(output, config, roles, base_path, run.start_eval)
         log(f"held-out reward of the starting policy: {run.start_eval['eval_reward']:.3f} on {len(heldout.rows)} prompts")
+        log_metrics(accelerator, run.start_eval)
 
     progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
@@ -257,6 +261,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             run.samples.extend(sample_rows(step + 1, roles.tokenizer, rollout))
         progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}",
                              len=f"{record['response_length']:.1f}", beta=f"{beta:.3f}")
+        log_metrics(accelerator, record)
         if on_step is not None:
             on_step(roles, record)
         reason = run.stops.observe_step(record)
@@ -269,6 +274,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
             accelerator.wait_for_everyone()
         if halt_after_step is not None and done == halt_after_step:
             log(f"halting after step {done} as asked")
+            stop_tracking(accelerator)
             return output
         if reason:
             log(f"stopping after step {done}: {reason}")
@@ -277,6 +283,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     if accelerator.is_main_process:
         best = run.stops.state_dict() if heldout.rows and math.isfinite(run.stops.best) else None
         write_final(output, config, roles, base_path, run.history, run.samples, run.stops.reason, best, run.start_eval)
+    stop_tracking(accelerator)
     accelerator.wait_for_everyone()
     return output
 

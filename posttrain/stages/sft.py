@@ -9,21 +9,23 @@ from datasets import Dataset
 
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
+from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
 from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
-    finished_checkpoint,
-    gathered_state,
     gradient_checkpointing,
     load_trainable,
     log,
+    loss_span,
     report_trainable,
     save_stage_files,
+    stage_tail,
     trainer_placement,
-    trl_config,
 )
+from posttrain.stages.trl_args import trl_config
 from posttrain.stages.trainer_run import resume_point, run_trainer
+from posttrain.templates import with_chat_template
 
 
 def run_sft(config: SFTConfig) -> Path:
@@ -36,16 +38,17 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 1. read and validate the data (and find the checkpoint to resume) before any model is loaded
     check_quantization(train.quantization)
-    table = load_sft(config.data)
-    eval_table = load_sft(config.eval_data) if config.eval_data else None
+    table = load_sft(config.data, **data_options(config))
+    eval_table = load_sft(config.eval_data, columns=config.data_columns) if config.eval_data else None
     resume_from = resume_point(config)
 
     # 2. tokenise ourselves so the assistant mask works with any incremental template and cuts are counted
-    tokenizer = model_tokenizer(config.model)
-    tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on)
+    tokenizer = with_chat_template(model_tokenizer(config.model), config.chat_template)
+    tokenised = tokenise_sft(table.rows, tokenizer, train.max_length, config.loss_on, table.source, table.places)
     rows = tokenised.rows
     if eval_table is not None:
-        held = tokenise_sft(eval_table.rows, tokenizer, train.max_length, config.loss_on).rows
+        held = tokenise_sft(eval_table.rows, tokenizer, train.max_length, config.loss_on, eval_table.source,
+                            eval_table.places).rows
     else:
         rows, held = split_holdout(rows, train.eval_split, train.seed)
     if tokenised.truncated or tokenised.dropped:
@@ -55,7 +58,7 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 3. the trainer's settings first (accelerate's process state), then the model with a LoRA adapter where the
     # trainer expects it (seeded first: LoRA A starts random)
-    args = trl_config(trl.SFTConfig, train, output, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
+    args = trl_config(trl.SFTConfig, config, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
                       packing=config.packing, padding_free=config.packing, completion_only_loss=False,
                       assistant_only_loss=False)
     device, dtype = trainer_placement(args, train)
@@ -76,9 +79,7 @@ def run_sft(config: SFTConfig) -> Path:
     result = run_trainer(trainer, output, resume_from)
     final = {"train_loss": result.training_loss, "steps": result.global_step, **params,
              "rows": len(table), "rows_truncated": tokenised.truncated, "rows_dropped": tokenised.dropped}
-    losses = [h["loss"] for h in recorder.history if "loss" in h]
-    if losses:
-        final["first_loss"], final["last_loss"] = losses[0], losses[-1]
+    final.update(loss_span(recorder.history))
     if held:
         evaluation = trainer.evaluate()
         recorder.history.append({"step": result.global_step, **evaluation})
@@ -86,17 +87,13 @@ def run_sft(config: SFTConfig) -> Path:
         final["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
 
     # 5. save: adapter, tokenizer, config, metrics, plot, model card
-    state = gathered_state(trainer)  # every process: a collective under FSDP and ZeRO-3
-    if trainer.is_world_process_zero():
-        with finished_checkpoint(output) as folder:
-            trainer.model.save_pretrained(folder, state_dict=state)
-            tokenizer.save_pretrained(folder)
+    with stage_tail(trainer, output, tokenizer) as folder:
+        if folder is not None:
             write_metrics(folder, final, recorder.history)
             plot = plot_curves(folder / "loss.png", recorder.history,
                                [("loss", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"])], f"SFT of {base_name}")
             write_model_card(folder, "SFT", base_name, config.data, to_dict(config), final, [plot] if plot else [],
                              output=output)
             save_stage_files(folder, "sft", config, base_name)
-    trainer.accelerator.wait_for_everyone()
     log(f"saved the SFT adapter to {output} (final loss {final.get('last_loss', float('nan')):.4f})")
     return output

@@ -28,6 +28,7 @@ from posttrain.stages.common import (
     run_settings,
     save_run_settings,
 )
+from posttrain.tracking import point_trainer_logs
 
 def incomplete_reason(folder: Path) -> str | None:
     """Why a TRL ``checkpoint-N`` folder cannot be resumed from, or None when it is complete.
@@ -165,6 +166,7 @@ def run_trainer(trainer, output: Path, resume_from: str | None):
     """``trainer.train`` with the guards on; a full disk during a save is one message (the previous checkpoint
     is intact: the Trainer deletes old checkpoints only after a new one is written)."""
     trainer.add_callback(RunGuard(output))
+    point_trainer_logs(trainer, output)
     if os.environ.get(KILL_AT, "").startswith("checkpoint-"):
         _kill_during_checkpoint_writes(trainer)
     try:
