@@ -12,16 +12,15 @@ and the temporary folder it leaves is removed by the next save or resume.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from posttrain.atomic import atomic_folder
 from posttrain.models import METADATA_FILE
 from posttrain.stages.common import CHECKPOINTS, DISK_FULL, StageError, kill_point, log, run_settings, save_run_settings
 
@@ -172,8 +171,7 @@ def save_checkpoint(output: Path, step: int, roles, base_path: str, state: dict[
     (output / METADATA_FILE).unlink(missing_ok=True)  # the folder now holds a run in progress, not a finished one
     final = root / f"{STEP_PREFIX}{step:06d}"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        try:
+        with atomic_folder(final) as tmp:  # a kill leaves a hidden scratch folder, removed on the next save or resume
             save_adapter(roles.model, "policy", tmp / "policy", base_path)
             if roles.has_critic:
                 save_adapter(roles.model, "critic", tmp / "critic", base_path)
@@ -187,11 +185,6 @@ def save_checkpoint(output: Path, step: int, roles, base_path: str, state: dict[
             save_file(tensors, str(tmp / STATE_TENSORS))
             (tmp / STATE_JSON).write_text(json.dumps(record))  # last: it marks the folder complete
             save_run_settings(output, settings)  # what `--resume` compares with before any model loads
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
