@@ -324,9 +324,15 @@ class RLHFConfig:
                              "as TRL calls reward functions (prompts=, completions=, the prompt rows' other columns).")
     reward_weights: str = doc("", "Comma-separated weights of the reward sources: the reward model first (if any), "
                                   "then each reward_fn in order (default: 1 each).")
-    prompts: str = doc("", "Prompt file: rows with 'prompt' (text or messages) and any columns reward functions read.",
-                       required=True)
-    eval_prompts: str = doc("", "Held-out prompt file scored every eval.every steps (see eval.share for a split instead).")
+    prompts: str = doc("", "Prompts: a .jsonl/.json/.parquet file, a datasets folder or a hub dataset org/name, rows with "
+                           "'prompt' (text or messages) and any columns reward functions read.", required=True)
+    eval_prompts: str = doc("", "Held-out prompts scored every eval.every steps, read like --prompts (see eval.share for a "
+                                "split instead).")
+    data_split: str = doc("", "Split of a hub dataset or datasets folder given as --prompts (default: 'train', else its "
+                              "only split); --eval_prompts of the same dataset reads the split named by eval_split.")
+    eval_split: str = doc("", "Split for --eval_prompts when it is a hub dataset or datasets folder (default as data_split).")
+    data_subset: str = _data_subset()
+    data_columns: dict[str, str] = _data_columns()
     output: str = doc("", "Checkpoint folder to write.", required=True)
     resume: bool = doc(False, "Continue exactly from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()

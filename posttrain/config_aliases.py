@@ -144,6 +144,8 @@ RL = {
     "resume_from_checkpoint": Alias("resume", _resume),
     "model_name_or_path": Alias("model"), "sft_model_path": Alias("model"),
     "reward_model_path": Alias("reward_model"), "dataset_name": Alias("prompts"),
+    "dataset_config": Alias("data_subset"), "dataset_train_split": Alias("data_split"),
+    "dataset_test_split": Alias("eval_split"),
     "lora_r": Alias("lora.r"), "lora_alpha": Alias("lora.alpha"), "lora_dropout": Alias("lora.dropout"),
     "lora_target_modules": Alias("lora.target_modules", _joined),
 }

@@ -355,10 +355,10 @@ def prompt_example(row: Row, source: str) -> list[dict[str, str]] | str:
     return messages
 
 
-def load_prompts(path: str | Path) -> Table:
+def load_prompts(path: str | Path, split: str = "", subset: str = "", columns: dict[str, str] | None = None) -> Table:
     """Prompt rows: {"prompt": text or messages} plus the row's other columns (reward functions may read them)."""
     source = str(path)
-    rows = read_rows(path, PROMPT_FORMATS)
+    rows = read_rows(path, PROMPT_FORMATS, split, subset, columns)
     examples = [{"prompt": prompt_example(row, source), **{k: v for k, v in row.data.items() if k not in ("prompt", "messages")}}
                 for row in rows]
     return Table(source, examples, [r.where for r in rows])

@@ -194,3 +194,24 @@ def test_data_columns_from_the_command_line_and_yaml(tmp_path):
     assert load_config(SFTConfig, config_file).data_columns == COLUMNS
     with pytest.raises(ConfigError, match=r"^--data_columns: .*expected name=value pairs \(a=b,c=d\)"):
         load_config(SFTConfig, None, {"data_columns": "question"})
+
+
+def test_rl_prompts_from_a_dataset_repo_take_its_split_subset_and_columns(dataset_repo, tmp_path):
+    """`posttrain rlhf --prompts org/name --data_split ... --data_columns prompt=question` reads the same way as the
+    training stages: the held-out split of the same dataset through --eval_split, and the row's other columns kept
+    for the reward functions."""
+    from posttrain.config import RLHFConfig, load_config
+    from posttrain.stages.rlhf import held_out_prompts
+    from posttrain.data import load_prompts
+
+    config = load_config(RLHFConfig, None, {
+        "prompts": str(dataset_repo), "eval_prompts": str(dataset_repo), "output": str(tmp_path / "rl"),
+        "reward_fn": "posttrain.rewards:answer_format", "dataset_test_split": "test",  # TRL's name for eval_split
+        "data_columns": {"prompt": "question"}})
+    table = load_prompts(config.prompts, config.data_split, config.data_subset, config.data_columns)
+    assert [r["prompt"] for r in table.rows] == [f"main-train question {i}?" for i in range(3)]
+    assert table.rows[0]["answer"] == "main-train answer 0."
+    _, heldout = held_out_prompts(config, table.rows)
+    assert [r["prompt"] for r in heldout.rows] == ["main-test question 0?", "main-test question 1?"]
+    hard = load_prompts(config.prompts, "", "hard", config.data_columns)
+    assert len(hard.rows) == 4

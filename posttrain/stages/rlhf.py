@@ -152,7 +152,9 @@ def new_run_state(config: RLHFConfig) -> RunState:
 def held_out_prompts(config: RLHFConfig, rows: list[dict]) -> tuple[list[dict], HeldOut]:
     """(training prompt rows, held-out prompts): --eval_prompts, or a --eval.share split of --prompts."""
     if config.eval_prompts:
-        held = load_prompts(config.eval_prompts).rows
+        same = config.eval_prompts == config.prompts  # the subset and columns are --prompts' dataset's
+        held = load_prompts(config.eval_prompts, config.eval_split, config.data_subset if same else "",
+                            config.data_columns if same else None).rows
     elif config.eval.share > 0:
         rows, held = split_holdout(rows, config.eval.share, config.ppo.seed)
     else:
@@ -181,7 +183,8 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     plan = check_config(config)
     output = Path(config.output)
     check_start(output, config)  # --resume needs a checkpoint of the same settings; a fresh start an empty folder
-    table = load_prompts(config.prompts)  # validated, and the reward functions checked against it, before any model loads
+    # validated, and the reward functions checked against it, before any model loads
+    table = load_prompts(config.prompts, config.data_split, config.data_subset, config.data_columns)
     functions = load_reward_functions(config, set().union(*(r.keys() for r in table.rows)), config.prompts)
     source_weights(config, int(bool(config.reward_model)) + len(functions))  # a wrong count fails now, not after loading
     prompts, heldout = held_out_prompts(config, table.rows)
