@@ -12,14 +12,9 @@ import pytest
 import torch
 
 from posttrain.rewards import RewardFunctionError
-from test_rlhf import adapter_state, build_tiny_reward_model, ppo_config
+from test_rlhf import adapter_state, ppo_config, prompts_file, tiny_rm  # noqa: F401 (the fixtures, shared with test_rlhf)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, tiny_model_dir):
-    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +23,6 @@ def sums_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sums") / "sums.jsonl"
     path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {n} plus 1?"}], "answer": n + 1}) + "\n"
                             for n in range(8)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    questions = ["Name a fruit.", "What is two plus two?", "Say hello.", "Pick a colour.", "Count to three.",
-                 "What is the capital of France?", "Give me a word.", "How are you?"]
-    path.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": q}]}) for q in questions) + "\n")
     return path
 
 

@@ -11,23 +11,9 @@ import pytest
 import torch
 
 from posttrain.config import ConfigError
-from test_rlhf import build_tiny_reward_model, ppo_config
+from test_rlhf import ppo_config, prompts_file, tiny_rm  # noqa: F401 (the fixtures, shared with test_rlhf)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, tiny_model_dir):
-    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    questions = ["Name a fruit.", "What is two plus two?", "Say hello.", "Pick a colour.", "Count to three.",
-                 "What is the capital of France?", "Give me a word.", "How are you?"]
-    path.write_text("\n".join(json.dumps({"prompt": [{"role": "user", "content": q}]}) for q in questions) + "\n")
-    return path
 
 
 def leftover_gradients(roles) -> list[str]:
