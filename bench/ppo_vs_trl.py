@@ -33,6 +33,7 @@ REPO = HERE.parent
 TRL_VENV = HERE / ".venv-trl112"
 sys.path.insert(0, str(HERE))
 from peak_memory import peak_mib  # noqa: E402
+from workers import run_worker  # noqa: E402
 
 # What `--cpu avx2` sets for every worker: oneDNN and ATen kernels limited to AVX2, as on a CPU without bf16 units
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -80,17 +81,6 @@ def ours_worker(args) -> None:
     precision = str(frozen_base_dtype(torch.device("cpu"), "auto")).removeprefix("torch.")
     print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak_mib(), "response_length": lengths,
                                   "phases": phases, "precision": f"base {precision}, adapters fp32"}))
-
-
-def run(command: list[str], env: dict) -> dict:
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        raise SystemExit(f"benchmark run failed: {' '.join(command)}\n{result.stderr[-4000:]}")
-    out = json.loads(lines[-1][len("RESULT "):])
-    out["wall_seconds"] = time.time() - started
-    return out
 
 
 def default_reward_model(model: str, env: dict) -> str:
@@ -166,7 +156,7 @@ def main() -> None:
     for round_number in range(args.rounds):
         for name in results:
             print(f"round {round_number + 1}/{args.rounds}: {name} ...", flush=True)
-            results[name].append(run(commands[name], env))
+            results[name].append(run_worker(commands[name], env))
             print(f"  {results[name][-1]['step_seconds']} {results[name][-1].get('phases', '')}", flush=True)
 
     summary = {}

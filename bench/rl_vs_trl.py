@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from peak_memory import peak_mib  # noqa: E402
+from workers import run_worker  # noqa: E402
 
 REWARD = "posttrain.rewards:answer_format"
 
@@ -98,17 +98,6 @@ def trl_worker(args) -> None:
                                   "trl": trl.__version__}))
 
 
-def run(command: list[str], env: dict) -> dict:
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        raise SystemExit(f"benchmark run failed: {' '.join(command)}\n{result.stderr[-4000:]}")
-    out = json.loads(lines[-1][len("RESULT "):])
-    out["wall_seconds"] = time.time() - started
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -137,7 +126,7 @@ def main() -> None:
     for round_number in range(args.rounds):
         for name in impls:
             print(f"round {round_number + 1}/{args.rounds}: {name} ...", flush=True)
-            results[name].append(run([sys.executable, __file__, "--worker", name, *shared], env))
+            results[name].append(run_worker([sys.executable, __file__, "--worker", name, *shared], env))
             print(f"  {[round(s, 2) for s in results[name][-1]['step_seconds']]}", flush=True)
 
     summary = {}
