@@ -260,9 +260,7 @@ class PPOSection:
                           "started in 40 steps, README: Quality on data we did not write).", valid=POSITIVE)
     weight_decay: float = doc(0.0, "AdamW weight decay on the trained adapters, value head and new token rows.",
                               valid=NON_NEGATIVE)
-    epochs: int = doc(0, "Optimisation passes over each rollout batch; 0 picks the algorithm's default: 2 for ppo, "
-                         "rloo and reinforce_pp, 1 for grpo (TRL's num_iterations default; on the quality harness one "
-                         "pass aligned as well as two at half the KL, README: Online RL).", valid=NON_NEGATIVE)
+    epochs: int = doc(2, "Optimisation passes over each rollout batch.", valid=AT_LEAST_1)
     minibatch_size: int = doc(4, "Responses per optimizer minibatch.", valid=AT_LEAST_1)
     grad_accum: int = doc(1, "Minibatches accumulated per optimizer step; an epoch always ends with a step "
                              "(its last group may be shorter).", valid=AT_LEAST_1)

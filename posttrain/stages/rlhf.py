@@ -44,37 +44,30 @@ from posttrain.tracking import accelerator_settings, log_metrics, start_tracking
 @dataclass(frozen=True)
 class Algorithm:
     """What an ``--algo`` name sets: its advantage estimator (posttrain.rl.ADVANTAGE_ESTIMATORS), whether it
-    trains a critic, and its defaults for responses per prompt, where its KL leash acts and optimisation passes
-    over each rollout batch."""
+    trains a critic, its responses per prompt, and where its KL leash acts by default."""
 
     estimator: str
     critic: bool
     group_size: int
     kl_in: str
-    epochs: int
 
 
-# GRPO's one pass over each batch, as TRL runs it (num_iterations 1): on the quality harness (bench/quality.py,
-# readability seeds 0 and 1, sentiment seed 0) its win-rates averaged those of two passes (0.74 against 0.73),
-# at half the KL to the reference and in about 15% less time
 ALGORITHMS = {
-    "ppo": Algorithm("gae", critic=True, group_size=1, kl_in="reward", epochs=2),
-    "grpo": Algorithm("grpo", critic=False, group_size=4, kl_in="loss", epochs=1),
-    "rloo": Algorithm("rloo", critic=False, group_size=4, kl_in="reward", epochs=2),
-    "reinforce_pp": Algorithm("reinforce_pp", critic=False, group_size=1, kl_in="reward", epochs=2),
+    "ppo": Algorithm("gae", critic=True, group_size=1, kl_in="reward"),
+    "grpo": Algorithm("grpo", critic=False, group_size=4, kl_in="loss"),
+    "rloo": Algorithm("rloo", critic=False, group_size=4, kl_in="reward"),
+    "reinforce_pp": Algorithm("reinforce_pp", critic=False, group_size=1, kl_in="reward"),
 }
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A run's algorithm with its settings resolved: group size, KL placement, responses per process and step,
-    optimisation passes over each step's rollouts."""
+    """A run's algorithm with its settings resolved: group size, KL placement, responses per process and step."""
 
     algo: Algorithm
     group_size: int
     kl_in_loss: bool
     responses: int
-    epochs: int
 
     @property
     def prompts(self) -> int:
@@ -108,11 +101,10 @@ def check_config(config: RLHFConfig) -> Plan:
     if ppo.minibatch_size < 1 or responses % ppo.minibatch_size:
         raise ConfigError(f"--rollout.batch_size ({responses} responses a step) must be a positive multiple of "
                           f"--ppo.minibatch_size ({ppo.minibatch_size}).")
-    if ppo.grad_accum < 1 or ppo.epochs < 0 or ppo.steps < 1:
-        raise ConfigError("--ppo.grad_accum and --ppo.steps must be at least 1, --ppo.epochs at least 0 (the "
-                          "algorithm's default).")
+    if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
+        raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in
-    return Plan(algo, group, kl_in == "loss", responses, ppo.epochs or algo.epochs)
+    return Plan(algo, group, kl_in == "loss", responses)
 
 
 def prompt_indices(n_prompts: int, cursor: int, count: int, seed: int) -> list[int]:
@@ -212,7 +204,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     roles = load_roles(config, accelerator.device, critic=plan.algo.critic)
     torch.manual_seed(config.ppo.seed + rank)  # and samples its own rollouts
     sources = reward_sources(config, roles, functions)
-    optim = Optimisation(roles, config, updates_per_step(config, plan.responses, plan.epochs), accelerator)
+    optim = Optimisation(roles, config, updates_per_step(config, plan.responses), accelerator)
     run = new_run_state(config)
     if config.resume:
         found = checkpoint_dirs(output)
@@ -254,7 +246,7 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         advantages(rollout, config, plan.algo.estimator, plan.kl_in_loss, beta, collective.masked_moments)
         timings["score_seconds"] = time.time() - started - timings["rollout_seconds"]
         # 5. PPO-clip epochs
-        stats = update(rollout, first, optim, config, plan.epochs, plan.kl_in_loss, beta, collective, guard)
+        stats = update(rollout, first, optim, config, plan.kl_in_loss, beta, collective, guard)
         del first
         timings["optimise_seconds"] = time.time() - started - sum(timings.values())
         # 6. metrics, held-out evaluation, early stops, checkpoint

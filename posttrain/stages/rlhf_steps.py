@@ -214,9 +214,9 @@ class Optimisation:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFConfig, epochs: int, kl_in_loss: bool,
-           beta: float, collective, guard) -> dict[str, float]:
-    """``epochs`` PPO-clip passes over minibatches of the rollout; returns the mean of each statistic.
+def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFConfig, kl_in_loss: bool, beta: float,
+           collective, guard) -> dict[str, float]:
+    """PPO-clip epochs over minibatches of the rollout; returns the mean of each statistic.
 
     ``ppo.grad_accum`` minibatches make one optimizer step, and every epoch ends with one (its last group may be
     shorter): no gradient is carried into the next epoch or rollout. Statistics of the minibatches that run
@@ -227,7 +227,7 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     stats: dict[str, list[float]] = defaultdict(list)
     updated = stopped_early = False
     steps = 0
-    for epoch in range(epochs):
+    for epoch in range(ppo.epochs):
         batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), ppo.minibatch_size)
         for start in range(0, len(batches), ppo.grad_accum):
             chunk = batches[start:start + ppo.grad_accum]
@@ -258,6 +258,6 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     return out
 
 
-def updates_per_step(config: RLHFConfig, responses: int, epochs: int) -> int:
+def updates_per_step(config: RLHFConfig, responses: int) -> int:
     """Optimizer steps per RL step: per epoch, ceil(minibatches / grad_accum)."""
-    return epochs * math.ceil(responses // config.ppo.minibatch_size / config.ppo.grad_accum)
+    return config.ppo.epochs * math.ceil(responses // config.ppo.minibatch_size / config.ppo.grad_accum)

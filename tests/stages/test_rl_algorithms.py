@@ -76,19 +76,6 @@ def test_critic_free_algorithms_build_no_critic_and_keep_groups_together(tiny_mo
         assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 2
 
 
-@pytest.mark.parametrize("algo, epochs, steps_per_rl_step", [("grpo", 0, 2), ("grpo", 2, 4), ("rloo", 0, 4), ("ppo", 0, 4)])
-def test_each_algorithm_runs_its_own_number_of_passes_unless_told(tiny_model_dir, tiny_rm, sums_file, tmp_path, algo,
-                                                                  epochs, steps_per_rl_step):
-    """--ppo.epochs 0 (the default) is the algorithm's own: one pass for GRPO, two for the others; a number wins."""
-    from posttrain.stages.rlhf import run_rlhf
-
-    records = []
-    run_rlhf(ppo_config(tiny_model_dir, tiny_rm, sums_file, tmp_path / algo, algo=algo, **{
-        "ppo.epochs": epochs, "rollout.batch_size": 4, "rollout.group_size": 1 if algo == "ppo" else 2,
-        "ppo.minibatch_size": 2, "ppo.steps": 1}), on_step=lambda roles, record: records.append(record))
-    assert records[0]["optimizer_steps"] == steps_per_rl_step  # 2 minibatches a pass
-
-
 def test_reward_functions_get_the_prompt_rows_fields_as_trl_passes_them(tiny_model_dir, sums_file, tmp_path):
     """A TRL-style function (keyword arguments, **kwargs) is called with the prompts, the completions as messages
     (the prompts are conversational), their token ids, the trainer state and the rows' own columns, row-aligned;
