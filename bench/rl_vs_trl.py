@@ -3,6 +3,8 @@
 
     python bench/rl_vs_trl.py                       # default model, 5 steps per run (the first is warm-up), 2 rounds
     python bench/rl_vs_trl.py --steps 6 --rounds 3 --impls posttrain-grpo,trl-grpo
+    python bench/rl_vs_trl.py --impls posttrain-grpo,trl-grpo --set ppo.epochs=1 --set ppo.kl_coef=0 --tag trl-work
+                                                    # posttrain with settings of its own (here TRL's amount of work)
 
 Each step is one generation batch: --prompts-per-step prompts x --group-size responses of at most --response-length
 tokens, scored by the same reward function (posttrain.rewards:answer_format on data_samples/math.jsonl). Beyond
@@ -53,7 +55,8 @@ def posttrain_worker(args) -> None:
         "model": args.model, "algo": args.worker.removeprefix("posttrain-"), "reward_fn": REWARD, "prompts": str(prompts),
         "output": tempfile.mkdtemp(), "ppo.steps": args.steps, "ppo.save_steps": 0,
         "rollout.batch_size": args.prompts_per_step * args.group_size, "rollout.group_size": args.group_size,
-        "rollout.max_new_tokens": args.response_length, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r}), on_step=on_step)
+        "rollout.max_new_tokens": args.response_length, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r,
+        **dict(item.split("=", 1) for item in args.set)}), on_step=on_step)
     print("RESULT " + json.dumps({"impl": args.worker, "step_seconds": seconds, "peak_rss_mib": peak_mib(), "phases": phases}))
 
 
@@ -108,6 +111,9 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--impls", default="posttrain-grpo,trl-grpo,posttrain-rloo,trl-rloo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a posttrain rlhf setting for posttrain's runs (repeatable), e.g. ppo.epochs=1")
+    parser.add_argument("--tag", default="", help="writes bench/results/rl_vs_trl-TAG.json instead")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker.startswith("posttrain-"):
@@ -119,7 +125,8 @@ def main() -> None:
 
     model_dir = resolve_model(args.model)
     shared = ["--model", model_dir, "--steps", str(args.steps), "--prompts-per-step", str(args.prompts_per_step),
-              "--group-size", str(args.group_size), "--response-length", str(args.response_length), "--lora-r", str(args.lora_r)]
+              "--group-size", str(args.group_size), "--response-length", str(args.response_length), "--lora-r", str(args.lora_r),
+              *[f"--set={item}" for item in args.set]]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     impls = args.impls.split(",")
     results: dict[str, list[dict]] = {name: [] for name in impls}
@@ -144,7 +151,7 @@ def main() -> None:
             s["memory_ratio_vs_trl"] = s["peak_rss_mib"] / peer["peak_rss_mib"]
         ratios = f"{s['time_ratio_vs_trl']:>12.2f}{s['memory_ratio_vs_trl']:>14.2f}" if peer else ""
         print(f"{name:<16}{s['median_step_seconds']:>10.2f}{s['peak_rss_mib']:>12.0f}{ratios}")
-    out = HERE / "results" / "rl_vs_trl.json"
+    out = HERE / "results" / f"rl_vs_trl{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"settings": vars(args), "cpu_fast_bf16": cpu_has_fast_bf16(), "summary": summary}, indent=2) + "\n")
     print(f"\nratios are posttrain / trl for the same algorithm (lower is better); written to {out}")
 
