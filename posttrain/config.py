@@ -95,6 +95,9 @@ class TrainSection:
     lr: float = doc(2e-4, "Peak learning rate (AdamW).", valid=POSITIVE)
     epochs: float = doc(1.0, "Passes over the training data (ignored when max_steps > 0).", valid=POSITIVE)
     max_steps: int = doc(-1, "Stop after this many optimizer steps; -1 means use epochs.", valid=Range(1, special=(-1,)))
+    min_steps: int = doc(0, "At least this many optimizer steps: on a data set too small for them in `epochs` passes, "
+                            "the passes are raised until they make this many (0: epochs alone decide; ignored when "
+                            "max_steps > 0).", valid=NON_NEGATIVE)
     batch_size: int = doc(4, "Examples per device per forward pass.", valid=AT_LEAST_1)
     grad_accum: int = doc(1, "Forward passes accumulated per optimizer step.", valid=AT_LEAST_1)
     max_length: int = doc(512, "Longest tokenised example; longer rows are truncated and counted.", valid=AT_LEAST_1)
@@ -111,7 +114,9 @@ class TrainSection:
         "auto", "Recompute activations in the backward pass instead of keeping them. 'auto': off on a CPU (it only costs "
                 "time there); on a GPU, on when the run is large, i.e. `posttrain plan` puts it above 80% of the GPU's "
                 "memory without checkpointing; 'true' or 'false' force it.")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = doc("auto", "'auto' (bf16 on a GPU that has it, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = doc(
+        "auto", "'auto': bf16 on a GPU that has it; on a CPU fp32 weights, with the SFT, RM and DPO forward passes under "
+                "bf16 autocast where the CPU has AVX512-BF16 or AMX; 'bf16', 'fp16' or 'fp32' force one.")
     quantization: Literal["none", "4bit", "8bit"] = doc(
         "none", "Load the frozen base quantized through bitsandbytes (CUDA only): '4bit' is QLoRA (NF4, double "
                 "quantization, bf16 products), '8bit' LLM.int8(); the adapters stay in float32.")
@@ -157,6 +162,11 @@ def _report_to() -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _train(text: str = "Optimisation settings.", **overrides) -> Any:
+    """A TrainSection field whose defaults suit a particular stage."""
+    return field(default_factory=lambda: TrainSection(**overrides), metadata={"doc": text})
+
+
 @dataclass
 class SFTConfig:
     model: str = doc("smollm2-135m-instruct", "Base model: a local folder, a hub id, or the alias 'smollm2-135m-instruct'.")
@@ -174,12 +184,9 @@ class SFTConfig:
     loss_on: Literal["assistant", "all"] = doc("assistant", "Train on assistant tokens only, or on the full sequence.")
     packing: bool = doc(False, "Pack several examples per row (padding-free, faster on long data).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings.")
-    train: TrainSection = doc(TrainSection, "Optimisation settings.")
-
-
-def _train(text: str = "Optimisation settings.", **overrides) -> Any:
-    """A TrainSection field whose defaults suit a particular stage."""
-    return field(default_factory=lambda: TrainSection(**overrides), metadata={"doc": text})
+    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 2e-4 at batch 4 for "
+                                 "one epoch and at least 100 optimizer steps (a few hundred rows get 2 passes).",
+                                 min_steps=100)
 
 
 @dataclass
@@ -196,9 +203,10 @@ class RewardConfig:
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
-    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: one pass over the pairs at "
-                                 "batch 4 and lr 3e-4 (LoRA-sized), not TRL's 2 epochs at 1e-4.",
-                                 lr=3e-4, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384)
+    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 3e-4 (LoRA-sized) at "
+                                 "batch 4 for one epoch and at least 120 optimizer steps (a few hundred pairs get 3 "
+                                 "passes), not TRL's 2 epochs at 1e-4.",
+                                 lr=3e-4, epochs=1.0, min_steps=120, batch_size=4, eval_split=0.1, max_length=384)
 
 
 @dataclass
@@ -227,9 +235,11 @@ class DPOConfig:
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
-    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: one pass over the pairs at "
-                                 "batch 4 and lr 2e-4 (LoRA-sized), not TRL's 3 epochs at 5e-5.",
-                                 lr=2e-4, epochs=1.0, batch_size=4, eval_split=0.1, max_length=384, eval_steps=20)
+    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 2e-4 (LoRA-sized) at "
+                                 "batch 4 for one epoch and at least 100 optimizer steps (a few hundred pairs get 2-3 "
+                                 "passes), not TRL's 3 epochs at 5e-5.",
+                                 lr=2e-4, epochs=1.0, min_steps=100, batch_size=4, eval_split=0.1, max_length=384,
+                                 eval_steps=20)
 
 
 @dataclass

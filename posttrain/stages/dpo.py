@@ -201,7 +201,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then policy and reference on one copy of the
     # base weights, built where the trainer expects them
-    args = trl_config(trl.DPOConfig, config, has_eval=bool(held_rows),
+    args = trl_config(trl.DPOConfig, config, has_eval=bool(held_rows), rows=len(train_rows),
                       checkpointing=gradient_checkpointing("dpo", config),
                       beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
     device, dtype = trainer_placement(args, train)

@@ -231,7 +231,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
 
     # 3. the trainer's settings first (accelerate's process state), then the base model with a scalar head and
     # LoRA on the body, built where the trainer expects it
-    args = trl_config(trl.RewardConfig, config, has_eval=bool(held_pairs.chosen),
+    args = trl_config(trl.RewardConfig, config, has_eval=bool(held_pairs.chosen), rows=len(train_pairs.chosen),
                       checkpointing=gradient_checkpointing("rm", config))
     device, dtype = trainer_placement(args, train)
     model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,

@@ -58,7 +58,10 @@ def run_sft(config: SFTConfig) -> Path:
 
     # 3. the trainer's settings first (accelerate's process state), then the model with a LoRA adapter where the
     # trainer expects it (seeded first: LoRA A starts random)
+    # packed, the trainer sees about as many rows as the tokens fill max_length-long rows
+    sequences = math.ceil(sum(len(row["input_ids"]) for row in rows) / train.max_length) if config.packing else len(rows)
     args = trl_config(trl.SFTConfig, config, has_eval=bool(held), checkpointing=gradient_checkpointing("sft", config),
+                      rows=sequences,
                       packing=config.packing, padding_free=config.packing, completion_only_loss=False,
                       assistant_only_loss=False)
     device, dtype = trainer_placement(args, train)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -15,8 +17,9 @@ import torch
 
 from posttrain.config import ConfigError, TrainSection
 from posttrain.config_aliases import aliases
-from posttrain.models import default_device, default_dtype
+from posttrain.models import cpu_has_fast_bf16, default_device, default_dtype
 from posttrain.run_folder import CHECKPOINTS
+from posttrain.stages.common import log
 from posttrain.tracking import trainer_settings
 
 # TRL fields posttrain sets its own way (its resume, folder layout, data handling and publishing depend on them),
@@ -33,14 +36,36 @@ PINNED = {
 }
 
 
-def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
-    """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig)."""
-    dtype = default_dtype(default_device(), train.precision)
+def planned_epochs(train: TrainSection, rows: int, processes: int | None = None) -> float:
+    """``train.epochs``, raised on a data set too small to make ``train.min_steps`` optimizer steps in them: a
+    LoRA-sized learning rate needs a number of updates, not a number of passes, and a few hundred rows at batch 4
+    give a few dozen (bench/quality.py measured the stages underfitting there). The result may be fractional:
+    transformers then stops part-way through the last pass, at exactly ``min_steps``."""
+    if train.max_steps > 0 or train.min_steps <= 0 or rows <= 0:
+        return train.epochs
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(rows / (train.batch_size * processes))  # per process, as the trainer's dataloader has them
+    per_epoch = max(batches // train.grad_accum, 1)
+    if train.epochs * per_epoch >= train.min_steps:
+        return train.epochs
+    return train.min_steps / per_epoch
+
+
+def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False,
+                   rows: int = 0) -> dict[str, Any]:
+    """Keyword arguments shared by the TRL configs (SFTConfig, RewardConfig, DPOConfig); ``rows`` is the number of
+    training rows (for ``train.min_steps``; 0 leaves the epochs as set)."""
+    device = default_device()
+    dtype = default_dtype(device, train.precision)
+    # 'auto' on a CPU with native bf16 products keeps fp32 weights and runs the forward passes under bf16 autocast,
+    # as TRL's configs do by default (their bf16 is on): about half the time a step there (README: Quality on data
+    # we did not write, Precision)
+    autocast_bf16 = train.precision == "auto" and device.type == "cpu" and cpu_has_fast_bf16()
     eval_every = train.eval_steps or None
     return dict(
         output_dir=str(output / CHECKPOINTS),
         learning_rate=train.lr,
-        num_train_epochs=train.epochs,
+        num_train_epochs=planned_epochs(train, rows),
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
@@ -62,7 +87,7 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpoint
         # non-reentrant: works with a frozen embedding (LoRA) and with FSDP2; TRL switches to reentrant where
         # DeepSpeed ZeRO-3 with peft needs it
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        bf16=dtype == torch.bfloat16,
+        bf16=dtype == torch.bfloat16 or autocast_bf16,
         fp16=dtype == torch.float16,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -156,13 +181,21 @@ def checked_extra(config: Any, trl_cls: type, stage_settings: dict[str, Any] | N
     return out
 
 
-def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = False, **stage_settings: Any):
+def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = False, rows: int = 0,
+               **stage_settings: Any):
     """A TRL config (``trl.SFTConfig``, ``trl.RewardConfig``, ``trl.DPOConfig``) from :func:`trainer_kwargs`, the
     tracker of ``--report_to``, the stage's own ``stage_settings`` and ``train.extra``. Make it before the model
     loads (see stages.common.trainer_placement): it sets up accelerate's process state, and under DeepSpeed ZeRO-3
-    it is what lets transformers build the model already sharded."""
+    it is what lets transformers build the model already sharded. ``rows``: the training rows, for
+    ``train.min_steps``."""
     output = Path(config.output)
-    shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing), **trainer_settings(config.report_to, output)}
+    epochs = planned_epochs(config.train, rows)
+    if epochs != config.train.epochs:
+        log(f"{rows} training rows make fewer than train.min_steps={config.train.min_steps} optimizer steps in "
+            f"{config.train.epochs:g} epoch(s): training {epochs:.2f} epochs to reach them (--train.min_steps 0 keeps "
+            "the epochs as set)")
+    shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
+              **trainer_settings(config.report_to, output)}
     known = _fields(cls)
     unknown = sorted(set(shared) - set(known))
     if unknown:  # a TRL release that renamed a field: say so rather than train without the setting

@@ -75,7 +75,8 @@ def test_dpo_moves_only_adapter_weights(tiny_model_dir, tmp_path, samples):
 
 
 def test_reference_is_the_starting_policy_from_a_plain_model(tiny_model_dir, tmp_path, samples):
-    setup = build_dpo_trainer(dpo_config(tiny_model_dir, samples / "preferences.jsonl", tmp_path / "dpo"))
+    # fp32 (not the CPU's bf16 autocast): the trainer's reference pass and this test's own pass must be bit-comparable
+    setup = build_dpo_trainer(dpo_config(tiny_model_dir, samples / "preferences.jsonl", tmp_path / "dpo", precision="fp32"))
     trainer = setup.trainer
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.eval()
@@ -85,7 +86,8 @@ def test_reference_is_the_starting_policy_from_a_plain_model(tiny_model_dir, tmp
 def test_dpo_from_an_sft_adapter(sft_dir, tiny_model_dir, tmp_path, samples):
     from safetensors.torch import load_file
 
-    setup = build_dpo_trainer(dpo_config(sft_dir, samples / "preferences_implicit.jsonl", tmp_path / "dpo", max_steps=3))
+    setup = build_dpo_trainer(dpo_config(sft_dir, samples / "preferences_implicit.jsonl", tmp_path / "dpo", max_steps=3,
+                                         precision="fp32"))  # comparable with this test's own passes, as above
     trainer, model = setup.trainer, setup.trainer.model
     assert setup.base_name == str(tiny_model_dir)
     assert set(model.peft_config) == {"default", "ref"} and model.active_adapter == "default"

@@ -50,7 +50,8 @@ def test_sft_trains_the_adapter_not_the_base_and_writes_a_full_checkpoint(tiny_m
 
     loaded = Spy(monkeypatch, "load_trainable")
     data = write_rows(tmp_path / "one.jsonl", 4, repeat_first=True)  # the same batch every step: the loss must fall
-    config = sft_config(tmp_path, tiny_model_dir, data, **{"train.max_steps": 5, "train.lr": 2e-2,
+    # fp32, not the CPU's bf16 autocast: the trained model in memory is compared exactly with the reloaded adapter
+    config = sft_config(tmp_path, tiny_model_dir, data, **{"train.max_steps": 5, "train.lr": 2e-2, "train.precision": "fp32",
                                                            "train.warmup_ratio": 0, "lora.dropout": 0})
     output = sft_stage.run_sft(config)
     model = loaded.results[0][0]
@@ -130,7 +131,8 @@ def test_same_seed_same_adapter_and_epochs_set_the_steps(tiny_model_dir, tmp_pat
     data = write_rows(tmp_path / "rows.jsonl", 6)
     weights = []
     for run in ("a", "b"):
-        config = sft_config(tmp_path / run, tiny_model_dir, data, **{"train.max_steps": -1, "train.epochs": 1, "train.seed": 7})
+        config = sft_config(tmp_path / run, tiny_model_dir, data, **{"train.max_steps": -1, "train.epochs": 1,
+                                                                    "train.min_steps": 0, "train.seed": 7})
         output = sft_stage.run_sft(config)
         assert json.loads((output / "metrics.json").read_text())["final"]["steps"] == 3  # 6 rows, batch 2, one epoch
         weights.append(load_file(output / "adapter_model.safetensors"))
