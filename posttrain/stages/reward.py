@@ -51,7 +51,10 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"])
+        # the body under the trainer's mixed precision (bf16 autocast on a CPU with bf16 products; see trl_args), which
+        # reading the body directly would bypass
+        with self.accelerator.autocast():
+            rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"])
         chosen, rejected = rewards.chunk(2)  # TRL's collator stacks all chosen rows, then all rejected
         out = bradley_terry_loss(chosen, rejected, inputs.get("margin"))
         self._metrics[mode]["accuracy"].append(out.accuracy.item())

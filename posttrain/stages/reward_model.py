@@ -53,7 +53,11 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     last = (positions * attention_mask.long()).argmax(-1)
-    return head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1).float()
+    final = hidden[torch.arange(len(last), device=hidden.device), last]
+    # the scalar head outside any autocast, in its own dtype: rewards are compared by their differences, which a
+    # bf16 head would round to ~1% of their size
+    with torch.autocast(device_type=final.device.type, enabled=False):
+        return head(final.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def reward_model_input(tokenizer, prompt, response) -> list[int]:

@@ -36,19 +36,25 @@ PINNED = {
 }
 
 
-def planned_epochs(train: TrainSection, rows: int, processes: int | None = None) -> float:
-    """``train.epochs``, raised on a data set too small to make ``train.min_steps`` optimizer steps in them: a
-    LoRA-sized learning rate needs a number of updates, not a number of passes, and a few hundred rows at batch 4
-    give a few dozen (bench/quality.py measured the stages underfitting there). The result may be fractional:
-    transformers then stops part-way through the last pass, at exactly ``min_steps``."""
-    if train.max_steps > 0 or train.min_steps <= 0 or rows <= 0:
-        return train.epochs
+def steps_per_epoch(train: TrainSection, rows: int, processes: int | None = None) -> int:
+    """Optimizer steps in one pass over ``rows`` training rows, as transformers' Trainer counts them: each process
+    gets ceil(rows / (batch * processes)) batches (accelerate's even split), and a last partial accumulation is
+    a step of its own."""
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
-    batches = math.ceil(rows / (train.batch_size * processes))  # per process, as the trainer's dataloader has them
-    per_epoch = max(batches // train.grad_accum, 1)
-    if train.epochs * per_epoch >= train.min_steps:
-        return train.epochs
-    return train.min_steps / per_epoch
+    batches = math.ceil(rows / (train.batch_size * processes))
+    return max(math.ceil(batches / train.grad_accum), 1)
+
+
+def planned_max_steps(train: TrainSection, rows: int, processes: int | None = None) -> int:
+    """``train.max_steps``, or on a data set too small to make ``train.min_steps`` optimizer steps in ``epochs``
+    passes, exactly ``min_steps`` (the Trainer then makes passes until it has them, the last one cut short): a
+    LoRA-sized learning rate needs a number of updates, not a number of passes, and a few hundred rows at batch 4
+    give a few dozen (bench/quality.py measured the stages underfitting there). -1: the epochs decide."""
+    if train.max_steps > 0 or train.min_steps <= 0 or rows <= 0:
+        return train.max_steps
+    if train.epochs * steps_per_epoch(train, rows, processes) >= train.min_steps:
+        return train.max_steps
+    return train.min_steps
 
 
 def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpointing: bool = False,
@@ -65,8 +71,8 @@ def trainer_kwargs(train: TrainSection, output: Path, has_eval: bool, checkpoint
     return dict(
         output_dir=str(output / CHECKPOINTS),
         learning_rate=train.lr,
-        num_train_epochs=planned_epochs(train, rows),
-        max_steps=train.max_steps,
+        num_train_epochs=train.epochs,
+        max_steps=planned_max_steps(train, rows),
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,
@@ -189,11 +195,11 @@ def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = Fal
     it is what lets transformers build the model already sharded. ``rows``: the training rows, for
     ``train.min_steps``."""
     output = Path(config.output)
-    epochs = planned_epochs(config.train, rows)
-    if epochs != config.train.epochs:
-        log(f"{rows} training rows make fewer than train.min_steps={config.train.min_steps} optimizer steps in "
-            f"{config.train.epochs:g} epoch(s): training {epochs:.2f} epochs to reach them (--train.min_steps 0 keeps "
-            "the epochs as set)")
+    steps = planned_max_steps(config.train, rows)
+    if steps != config.train.max_steps:
+        log(f"{rows} training rows make fewer than train.min_steps={steps} optimizer steps in "
+            f"{config.train.epochs:g} epoch(s): training {steps} steps, "
+            f"{steps / steps_per_epoch(config.train, rows):.2f} epochs (--train.min_steps 0 keeps the epochs as set)")
     shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
               **trainer_settings(config.report_to, output)}
     known = _fields(cls)

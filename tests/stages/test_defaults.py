@@ -21,19 +21,21 @@ def test_help_shows_each_stage_its_own_training_defaults_and_their_rule(capsys):
 
 
 
-def test_min_steps_raises_the_epochs_of_a_small_data_set_only():
-    from posttrain.stages.trl_args import planned_epochs
+def test_min_steps_raises_the_steps_of_a_small_data_set_only():
+    from posttrain.stages.trl_args import planned_max_steps, steps_per_epoch
 
-    # 42 rows at batch 4 are 11 batches; 2 accumulated make 5 optimizer steps a pass, so 20 steps take 4 passes
+    # 42 rows at batch 4 are 11 batches; 2 accumulated make 6 optimizer steps a pass (the last one a single batch,
+    # as transformers' Trainer counts it)
     small = TrainSection(epochs=1.0, min_steps=20, batch_size=4, grad_accum=2)
-    assert planned_epochs(small, rows=42, processes=1) == 4.0
+    assert steps_per_epoch(small, rows=42, processes=1) == 6
+    assert planned_max_steps(small, rows=42, processes=1) == 20
     # on 2 processes each has 6 batches, 3 steps a pass
-    assert planned_epochs(small, rows=42, processes=2) == 20 / 3
-    # a data set big enough, a max_steps, or min_steps 0 keep the epochs as set
-    assert planned_epochs(small, rows=400, processes=1) == 1.0
-    assert planned_epochs(TrainSection(epochs=2.0, min_steps=20, batch_size=4), rows=40, processes=1) == 2.0
-    assert planned_epochs(TrainSection(epochs=1.0, min_steps=20, max_steps=3), rows=42, processes=1) == 1.0
-    assert planned_epochs(TrainSection(epochs=1.0, min_steps=0), rows=42, processes=1) == 1.0
+    assert steps_per_epoch(small, rows=42, processes=2) == 3
+    # a data set big enough, enough epochs, a max_steps of its own, or min_steps 0 keep the run as set (-1: epochs)
+    assert planned_max_steps(small, rows=400, processes=1) == -1
+    assert planned_max_steps(TrainSection(epochs=2.0, min_steps=20, batch_size=4), rows=40, processes=1) == -1
+    assert planned_max_steps(TrainSection(epochs=1.0, min_steps=20, max_steps=3), rows=42, processes=1) == 3
+    assert planned_max_steps(TrainSection(epochs=1.0, min_steps=0), rows=42, processes=1) == -1
 
 
 def test_an_sft_run_on_a_small_set_makes_min_steps_optimizer_steps(tiny_model_dir, tmp_path, capsys):
@@ -44,16 +46,17 @@ def test_an_sft_run_on_a_small_set_makes_min_steps_optimizer_steps(tiny_model_di
 
     lines = (Path(__file__).resolve().parents[2] / "data_samples" / "sft_messages.jsonl").read_text().splitlines()
     data = tmp_path / "rows.jsonl"
-    data.write_text("\n".join(lines[:6]) + "\n")  # 6 rows at batch 2: 3 steps a pass
+    data.write_text("\n".join(lines[:7]) + "\n")  # 7 rows at batch 2, 2 accumulated: 2 steps a pass
     steps = {}
     for min_steps in (0, 5):
         config = load_config(SFTConfig, None, {
             "model": str(tiny_model_dir), "data": str(data), "output": str(tmp_path / f"out{min_steps}"),
-            "train.epochs": 1, "train.min_steps": min_steps, "train.batch_size": 2, "train.max_length": 128})
+            "train.epochs": 1, "train.min_steps": min_steps, "train.batch_size": 2, "train.grad_accum": 2,
+            "train.max_length": 128})
         output = run_sft(config)
         steps[min_steps] = json.loads((output / "metrics.json").read_text())["final"]["steps"]
-    assert steps == {0: 3, 5: 5}
-    assert "6 training rows make fewer than train.min_steps=5 optimizer steps in 1 epoch(s): training 1.67 epochs" \
+    assert steps == {0: 2, 5: 5}
+    assert "7 training rows make fewer than train.min_steps=5 optimizer steps in 1 epoch(s): training 5 steps, 2.50 epochs" \
         in capsys.readouterr().out
 
 

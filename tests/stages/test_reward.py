@@ -171,3 +171,21 @@ def test_bad_preference_rows_name_file_and_line(tiny_model_dir, tmp_path, capsys
     assert not (tmp_path / "rm").exists()  # nothing is loaded or written before the data is valid
     assert main(["score", str(tmp_path / "missing-rm"), "--data", str(data)]) == 2
     assert "line 3" in capsys.readouterr().err
+
+
+def test_reward_body_trains_under_the_trainers_bf16_autocast_and_the_head_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    from posttrain.stages import trl_args
+
+    data = write_jsonl(tmp_path / "p.jsonl", marker_pairs(8))
+    monkeypatch.setattr(trl_args, "cpu_has_fast_bf16", lambda: True)  # as on a CPU with AVX512-BF16 or AMX
+    for precision, body_dtype in (("auto", torch.bfloat16), ("fp32", torch.float32)):
+        trainer = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / precision, eval_split=0.0,
+                                                 precision=precision)).trainer
+        seen = {}
+        named = dict(trainer.model.named_modules())
+        body_linear = next(m for n, m in named.items() if n.endswith("q_proj.base_layer"))
+        head = next(m for n, m in named.items() if n.endswith("score.modules_to_save.default") or n.endswith(".score"))
+        for name, module in (("body", body_linear), ("head", head)):
+            module.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o.dtype) and None)
+        trainer.compute_loss(trainer.model, dict(next(iter(trainer.get_train_dataloader()))))
+        assert seen == {"body": body_dtype, "head": torch.float32}, precision
