@@ -95,7 +95,9 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
     train, lora = config.train, config.lora
     precision = train.precision if train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     weight = DTYPE_BYTES[precision]
-    act = weight  # on a GPU the trainer's autocast matches the weights' dtype; fp32 on a CPU
+    # on a GPU the trainer's autocast matches the weights' dtype; on a CPU fp32, an upper bound where the CPU's bf16
+    # autocast (AVX512-BF16/AMX, see stages.trl_args) keeps most activations in bf16
+    act = weight
     r, targets = _adapter_shape(config.model, lora.r, lora.target_modules)
     rows = train.batch_size * (1 if stage == "sft" else 2)
     tokens = rows * train.max_length
