@@ -190,8 +190,14 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     prompts, heldout = held_out_prompts(config, table.rows)
     if accelerator is None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
 
+        # a TRL stage run earlier in this process (a pipeline, the Python API) leaves accelerate's state set to its
+        # mixed precision (bf16 autocast on a GPU, or a CPU with bf16 products), which Accelerator() would inherit
+        # and wrap the policy's forward in: start from the launch's settings, as transformers' TrainingArguments
+        # does; the RL loop picks each role's precision itself (rlhf_roles)
+        AcceleratorState._reset_state()
         # buffers (rotary tables) are the same everywhere: no broadcast at every forward
         accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                   kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
