@@ -195,13 +195,13 @@ def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = Fal
     it is what lets transformers build the model already sharded. ``rows``: the training rows, for
     ``train.min_steps``."""
     output = Path(config.output)
-    steps = planned_max_steps(config.train, rows)
-    if steps != config.train.max_steps:
+    shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
+              **trainer_settings(config.report_to, output)}
+    steps = shared["max_steps"]
+    if steps != config.train.max_steps:  # train.min_steps raised the run
         log(f"{rows} training rows make fewer than train.min_steps={steps} optimizer steps in "
             f"{config.train.epochs:g} epoch(s): training {steps} steps, "
             f"{steps / steps_per_epoch(config.train, rows):.2f} epochs (--train.min_steps 0 keeps the epochs as set)")
-    shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
-              **trainer_settings(config.report_to, output)}
     known = _fields(cls)
     unknown = sorted(set(shared) - set(known))
     if unknown:  # a TRL release that renamed a field: say so rather than train without the setting
