@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="run the tasks side by side, one process each (at most one per task); with --threads 1 "
                              "on a 2-core machine, --jobs 2 about halves the wall time")
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     if args.threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(args.threads)  # read by the runs' processes as they start
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     if args.jobs > 1 and not args.report:
-        run_side_by_side(args, argv if argv is not None else sys.argv[1:])
+        run_side_by_side(args, argv)
         args.report = True  # every run is cached now: the report below gathers them
     results = run_all(args)
     name = "quality" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
@@ -270,13 +271,13 @@ def run_side_by_side(args, argv: list[str]) -> None:
     The tasks and the base model's answers are built first, here, so the children only read them."""
     run_all(argparse.Namespace(**{**vars(args), "report": True}))
     tasks = args.tasks or [judge.name for judge in judges()]
-    own = [a for i, a in enumerate(argv)
-           if a != "--jobs" and not a.startswith("--jobs=") and (i == 0 or argv[i - 1] != "--jobs")]
     pending, running = list(tasks), []
     while pending or running:
         while pending and len(running) < args.jobs:
             task = pending.pop(0)
-            running.append((task, subprocess.Popen([sys.executable, __file__, *own, "--tasks", task])))
+            # the last --tasks and --jobs on a command line win: each child trains its own task alone
+            child = subprocess.Popen([sys.executable, __file__, *argv, "--tasks", task, "--jobs", "1"])
+            running.append((task, child))
         time.sleep(1)
         for task, child in [r for r in running if r[1].poll() is not None]:
             running.remove((task, child))
