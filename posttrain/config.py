@@ -202,6 +202,10 @@ class RewardConfig:
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()
+    pooling: Literal["last", "mean"] = doc(
+        "last", "Which hidden state the scalar head reads: 'mean' (the mean over every token of prompt + response, "
+                "i.e. the mean of per-token rewards) or 'last' (the last token, as TRL does). The checkpoint records "
+                "it; `posttrain score` and the RL stage read rewards the same way.")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 3e-4 (LoRA-sized) at "
                                  "batch 4 for one epoch and at least 120 optimizer steps (a few hundred pairs get 3 "

@@ -46,15 +46,18 @@ LENGTH_BIAS_WARNING = 0.5  # |corr(reward, length)| above this is reported as a 
 
 
 class PairwiseRewardTrainer(trl.RewardTrainer):
-    """TRL's RewardTrainer with the reward read at the last attended token and the loss from
-    :func:`posttrain.rl.losses.bradley_terry_loss` (with the per-pair margin when the data has one)."""
+    """TRL's RewardTrainer with the reward read from the pooled hidden states (``pooling``, see reward_model.pool)
+    and the loss from :func:`posttrain.rl.losses.bradley_terry_loss` (with the per-pair margin when the data has one)."""
+
+    pooling = "last"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         # the body under the trainer's mixed precision (bf16 autocast on a CPU with bf16 products; see trl_args), which
         # reading the body directly would bypass
         with self.accelerator.autocast():
-            rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"])
+            rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"],
+                                       self.pooling)
         chosen, rejected = rewards.chunk(2)  # TRL's collator stacks all chosen rows, then all rejected
         out = bradley_terry_loss(chosen, rejected, inputs.get("margin"))
         self._metrics[mode]["accuracy"].append(out.accuracy.item())
@@ -187,11 +190,11 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
-def pair_stats(model, pairs: PairIds, pad_id: int, batch_size: int) -> PairStats:
+def pair_stats(model, pairs: PairIds, pad_id: int, batch_size: int, pooling: str) -> PairStats:
     was_training = model.training
     model.eval()
-    chosen = score_ids(model, pairs.chosen, pad_id, batch_size)
-    rejected = score_ids(model, pairs.rejected, pad_id, batch_size)
+    chosen = score_ids(model, pairs.chosen, pad_id, batch_size, pooling=pooling)
+    rejected = score_ids(model, pairs.rejected, pad_id, batch_size, pooling=pooling)
     model.train(was_training)
     return PairStats(chosen, rejected, pairs.chosen_len, pairs.rejected_len)
 
@@ -248,6 +251,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
         processing_class=tokenizer,
         callbacks=[recorder],
     )
+    trainer.pooling = config.pooling
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
     return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from)
@@ -268,7 +272,7 @@ def run_reward(config: RewardConfig) -> Path:
     # 5. held-out report: accuracy, margin, reward distribution, length bias
     evaluated = setup.held_pairs if setup.held_pairs.chosen else setup.train_pairs
     where = "heldout" if setup.held_pairs.chosen else "train"
-    stats = pair_stats(trainer.model, evaluated, tokenizer.pad_token_id, config.train.batch_size)
+    stats = pair_stats(trainer.model, evaluated, tokenizer.pad_token_id, config.train.batch_size, config.pooling)
     summary = stats.summary()
     final.update({f"{where}_{k}" if k != "pairs" else f"{where}_pairs": v for k, v in summary.items()})
     recorder.history.append({"step": result.global_step, "eval_accuracy": summary["accuracy"], "eval_margin": summary["mean_margin"]})
@@ -302,7 +306,8 @@ def run_reward(config: RewardConfig) -> Path:
                              [p for p in plots if p], usage=[f"posttrain score {output} --data rows.jsonl",
                                                             f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
                              notes=READ_ME_LAYOUT)
-            save_stage_files(folder, "rm", config, setup.base_name, reward_mean=summary["reward_mean"],
+            save_stage_files(folder, "rm", config, setup.base_name, reward_pooling=config.pooling,
+                             reward_mean=summary["reward_mean"],
                              reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
     log(f"saved the reward model to {output}")
     return output
@@ -313,4 +318,5 @@ READ_ME_LAYOUT = """## Layout
 `adapter_config.json` + `adapter_model.safetensors` are a peft SEQ_CLS adapter: LoRA on the transformer's linear
 layers and the scalar head `score` in full (modules_to_save). `reward_head.safetensors` holds the head alone
 (`weight` of shape (1, hidden), `bias` if any), for loading the LoRA weights onto another model of the same base.
-The reward is the head on the hidden state of the last token of the chat-template rendering of prompt + response."""
+The reward is the head on the hidden states of the chat-template rendering of prompt + response, pooled as
+`reward_pooling` in posttrain.json says: "mean" over every token, or the "last" token's."""

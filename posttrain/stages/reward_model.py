@@ -5,14 +5,18 @@ The checkpoint ``posttrain rm`` writes:
     adapter_config.json, adapter_model.safetensors  a peft SEQ_CLS adapter: LoRA on the transformer's linear layers,
                                                     the head (``score``) in modules_to_save
     reward_head.safetensors                         the head alone: "weight" (1, hidden) and "bias" when it has one
-    tokenizer files, posttrain.json                 stage "rm", base_model, reward_mean/reward_std on held-out pairs
+    tokenizer files, posttrain.json                 stage "rm", base_model, reward_pooling, reward_mean/reward_std on
+                                                    held-out pairs
 
 ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
-it; the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
+it (its own forward reads the last token, which is this reward only for ``reward_pooling`` "last"); the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
 head from reward_head.safetensors, so the reward model costs no second copy of the base weights.
 
-The reward of a prompt + response is the head applied to the last token's hidden state (right padding, the
-position found from the attention mask), in training, in ``score`` and in the PPO stage alike.
+The reward of a prompt + response is the head applied to one pooled hidden state (see :func:`pool`): the mean
+over every token of the rendering ("mean", the default since it was measured to generalise better on small preference
+sets, README: Quality on data we did not write) or the last token's ("last", what TRL and transformers' sequence
+classifiers read; checkpoints without ``reward_pooling`` are read so), in training, in ``score`` and in the RL stage
+alike.
 """
 
 from __future__ import annotations
@@ -29,6 +33,35 @@ from posttrain.padding import pad
 
 HEAD_FILE = "reward_head.safetensors"
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
+POOLINGS = ("mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(batch, hidden) features the reward head reads, from right-padded (batch, seq_len, hidden) states.
+
+    "last": the state of each row's last attended token. "mean": the mean over its attended tokens, prompt and
+    response: the head is linear, so this is the mean of per-token rewards. Under causal attention the prompt's
+    states do not depend on the response, so within a pair they cancel up to the weight the lengths give them, and
+    the mean does not grow with length the way a sum would.
+    """
+    if pooling == "last":
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (positions * attention_mask.long()).argmax(-1)
+        return hidden[torch.arange(len(last), device=hidden.device), last]
+    if pooling == "mean":
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    raise ValueError(f"unknown reward pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+
+
+def checkpoint_pooling(folder: str | Path) -> str:
+    """How a reward-model checkpoint reads its reward ("last" for checkpoints written before the choice existed)."""
+    from posttrain.models import read_metadata
+
+    pooling = read_metadata(folder).get("reward_pooling", "last")
+    if pooling not in POOLINGS:
+        raise ModelError(f"{folder}/posttrain.json: reward_pooling {pooling!r} is not one of {', '.join(POOLINGS)}.")
+    return pooling
 
 
 def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -41,19 +74,18 @@ def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reward (batch,) of each row: the head on the hidden state of its last attended token.
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "last") -> torch.Tensor:
+    """Reward (batch,) of each row: the head on its pooled hidden state (see :func:`pool`).
 
     Args:
         model: a sequence-classification model (a PeftModel with the reward adapter active, or plain).
         input_ids: (batch, seq_len), right-padded.
         attention_mask: (batch, seq_len), 1 on real tokens.
+        pooling: "mean" or "last".
     """
     body, head = body_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (positions * attention_mask.long()).argmax(-1)
-    final = hidden[torch.arange(len(last), device=hidden.device), last]
+    final = pool(hidden, attention_mask, pooling)
     # the scalar head outside any autocast, in its own dtype: rewards are compared by their differences, which a
     # bf16 head would round to ~1% of their size
     with torch.autocast(device_type=final.device.type, enabled=False):
@@ -78,7 +110,8 @@ def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "") -> list[float]:
+def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "",
+              pooling: str = "last") -> list[float]:
     """The reward of each row of token ids; ``progress`` names a progress bar over the batches (none when empty)."""
     from tqdm.auto import tqdm
 
@@ -86,17 +119,19 @@ def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progre
     scores: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         ids, mask = pad_right(rows[start:start + batch_size], pad_id, device)
-        scores.extend(sequence_rewards(model, ids, mask).tolist())
+        scores.extend(sequence_rewards(model, ids, mask, pooling).tolist())
     return scores
 
 
 @dataclass
 class RewardModel:
-    """A trained reward model, in eval mode: the peft sequence-classification model, its tokenizer, its base."""
+    """A trained reward model, in eval mode: the peft sequence-classification model, its tokenizer, its base, and
+    how it pools the hidden states its head reads."""
 
     model: Any
     tokenizer: Any
     base_model: str
+    pooling: str = "last"
 
     def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], int]:
         """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
@@ -104,15 +139,15 @@ class RewardModel:
         for prompt, response in zip(prompts, responses, strict=True):
             ids = reward_model_input(self.tokenizer, prompt, response)
             if len(ids) > max_length:
-                ids, cut = ids[-max_length:], cut + 1  # keep the end: the reward is read at the last token
+                ids, cut = ids[-max_length:], cut + 1  # keep the end: the response, where the reward is read
             rows.append(ids)
         return rows, cut
 
     def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
               progress: str = "") -> list[float]:
-        """Rewards of responses to prompts (chat message lists or strings), read at the last token."""
+        """Rewards of responses to prompts (chat message lists or strings)."""
         rows, _ = self.encode(prompts, responses, max_length)
-        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress) if rows else []
+        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress, self.pooling) if rows else []
 
 
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
@@ -123,4 +158,4 @@ def load_reward_model(folder: str | Path, device: torch.device | None = None, dt
                          "make one with `posttrain rm`.")
     loaded = load_model(str(folder), task="seq_cls", dtype=dtype, device=device)
     loaded.model.eval()
-    return RewardModel(loaded.model, loaded.tokenizer, loaded.base_model)
+    return RewardModel(loaded.model, loaded.tokenizer, loaded.base_model, checkpoint_pooling(folder))

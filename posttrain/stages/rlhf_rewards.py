@@ -14,7 +14,7 @@ import torch
 
 from posttrain.config import ConfigError, RLHFConfig
 from posttrain.rewards import RewardFunction, load_reward_function
-from posttrain.stages.reward_model import pad_right, reward_model_input
+from posttrain.stages.reward_model import pad_right, pool, reward_model_input
 
 
 @dataclass
@@ -54,8 +54,7 @@ class RewardModelSource:
         rows = [reward_model_input(roles.tokenizer, p, t) for p, t in zip(batch.prompts, batch.texts)]
         ids, mask = pad_right(rows, roles.tokenizer.pad_token_id, roles.device)
         (hidden,) = roles.hidden([REWARD], ids, mask)
-        last = mask.sum(1) - 1
-        return roles.reward_head(hidden[torch.arange(len(rows), device=ids.device), last].float()).squeeze(-1)
+        return roles.reward_head(pool(hidden.float(), mask, roles.reward_pooling)).squeeze(-1)
 
 
 class FunctionSource:

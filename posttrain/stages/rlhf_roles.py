@@ -109,6 +109,7 @@ class Roles(nn.Module):
         self.has_critic = value_head is not None
         self.device, self.dtype = device, dtype
         self.reward_head: nn.Module | None = None  # the reward model's head, when it shares this base
+        self.reward_pooling = "last"  # which hidden states that head reads (reward_model.pool)
         self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
         self._trainable = (POLICY, CRITIC) if self.has_critic else (POLICY,)
@@ -404,7 +405,10 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         enable_gradient_checkpointing(model, recompute_context=roles.recompute_context, in_eval_mode=True)
         log("gradient checkpointing: activations are recomputed in the backward pass")
     if shared:
+        from posttrain.stages.reward_model import checkpoint_pooling
+
         roles.reward_head = load_head(rm_folder, hidden).to(device).requires_grad_(False)
+        roles.reward_pooling = checkpoint_pooling(rm_folder)
     elif rm_folder is not None:
         from posttrain.stages.reward_model import load_reward_model
 

@@ -39,9 +39,9 @@ def marker_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def rm_config(model, data, output, **train) -> RewardConfig:
+def rm_config(model, data, output, pooling="mean", **train) -> RewardConfig:
     defaults = dict(max_steps=2, batch_size=4, eval_split=0.25, logging_steps=1, lr=1e-3)
-    return RewardConfig(model=str(model), data=str(data), output=str(output),
+    return RewardConfig(model=str(model), data=str(data), output=str(output), pooling=pooling,
                         lora=LoraSection(r=8, alpha=16, dropout=0.0), train=TrainSection(**{**defaults, **train}))
 
 
@@ -56,7 +56,7 @@ def test_reward_loss_is_bradley_terry_with_margin(tiny_model_dir, tmp_path, monk
     #   pair 1: -log sigmoid(2 - 0 - 1) = log(1 + e^-1); pair 2: -log sigmoid(0) = log 2; the loss is their mean
     fixed = {"input_ids": batch["input_ids"][[0, 1, 4, 5]], "attention_mask": batch["attention_mask"][[0, 1, 4, 5]],
              "margin": torch.tensor([1.0, 0.0])}
-    monkeypatch.setattr(reward_stage, "sequence_rewards", lambda model, ids, mask: torch.tensor([2.0, 0.0, 0.0, 0.0]))
+    monkeypatch.setattr(reward_stage, "sequence_rewards", lambda model, ids, mask, pooling: torch.tensor([2.0, 0.0, 0.0, 0.0]))
     loss = trainer.compute_loss(trainer.model, dict(fixed))
     assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2)
     monkeypatch.undo()
@@ -64,7 +64,7 @@ def test_reward_loss_is_bradley_terry_with_margin(tiny_model_dir, tmp_path, monk
     # and with the model's own rewards, the trainer's loss is -log sigmoid(r_chosen - r_rejected - margin)
     trainer.model.eval()
     with torch.no_grad():
-        rewards = reward_stage.sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"])
+        rewards = reward_stage.sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"], trainer.pooling)
         chosen, rejected = rewards.chunk(2)
         expected = -torch.nn.functional.logsigmoid(chosen - rejected - batch["margin"]).mean()
         assert trainer.compute_loss(trainer.model, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
@@ -75,26 +75,27 @@ def test_reward_training_raises_pair_accuracy(tiny_model_dir, tmp_path):
     setup = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=40, batch_size=8,
                                            eval_split=0.0, lr=3e-3, warmup_ratio=0.0))
     pad = setup.tokenizer.pad_token_id
-    before = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16).summary()
+    before = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16, "last").summary()
     setup.trainer.train()
-    after = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16).summary()
+    after = pair_stats(setup.trainer.model, setup.train_pairs, pad, 16, "last").summary()
     assert after["accuracy"] >= 0.9
     assert after["accuracy"] > before["accuracy"]
     assert after["mean_margin"] > before["mean_margin"] + 0.5
 
 
-def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_path, pooling):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
     data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(16))
-    folder = run_reward(rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=3))
+    folder = run_reward(rm_config(tiny_model_dir, data, tmp_path / "rm", pooling, max_steps=3))
     for name in ("adapter_config.json", "adapter_model.safetensors", "reward_head.safetensors", "tokenizer.json",
                  "posttrain.json", "metrics.json", "README.md", "rewards.png", "reward_vs_length.png", "loss.png"):
         assert (folder / name).is_file(), name
     meta = json.loads((folder / "posttrain.json").read_text())
-    assert meta["stage"] == "rm" and meta["base_model"] == str(tiny_model_dir)
+    assert meta["stage"] == "rm" and meta["base_model"] == str(tiny_model_dir) and meta["reward_pooling"] == pooling
     assert math.isfinite(meta["reward_mean"]) and meta["reward_std"] >= 0
     adapter = json.loads((folder / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
@@ -116,14 +117,17 @@ def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_p
     scores = rm.score([r["prompt"] for r in held], [r["chosen"][0]["content"] for r in held])
     assert scores == pytest.approx(metrics["rewards"]["chosen"], abs=1e-5)
 
-    # the plain peft route of the layout contract reads the same reward at the last token
+    # the plain peft route of the layout contract reads the last token: the same reward for a "last" checkpoint,
+    # and for a "mean" one the head on the mean of the hidden states it returns
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     base.config.pad_token_id = rm.tokenizer.pad_token_id
     plain = PeftModel.from_pretrained(base, str(folder)).eval()
     ids, _ = rm.encode([held[0]["prompt"]], [held[0]["chosen"][0]["content"]])
     with torch.no_grad():
-        logit = plain(input_ids=torch.tensor(ids)).logits.item()
-    assert logit == pytest.approx(scores[0], abs=1e-5)
+        out = plain(input_ids=torch.tensor(ids), output_hidden_states=True)
+        mean = plain.get_base_model().score(out.hidden_states[-1].mean(1)).item()
+    assert (out.logits.item() if pooling == "last" else mean) == pytest.approx(scores[0], abs=1e-5)
+    assert (mean if pooling == "last" else out.logits.item()) != pytest.approx(scores[0], abs=1e-3)
 
     # `posttrain score` on rows writes a reward per row; on pairs it reports the accuracy
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in held]
@@ -135,6 +139,20 @@ def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_p
     summary = run_score(ScoreConfig(model=str(folder), data=str(data), output=str(tmp_path / "pairs.jsonl")))
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["pairs"] == 16
     assert "reward_chosen" in json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_a_rows_reward_does_not_depend_on_the_padding_its_batch_gives_it(tiny_model_dir, tmp_path, pooling):
+    """Rows scored alone and in a batch with longer rows (right-padded) get the same reward."""
+    from posttrain.stages.reward_model import score_ids
+
+    data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(8))
+    setup = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", pooling, eval_split=0.0))
+    model, pad = setup.trainer.model.eval(), setup.tokenizer.pad_token_id
+    rows = setup.train_pairs.chosen[:3] + [setup.train_pairs.chosen[3] + setup.train_pairs.rejected[3]]  # one long row
+    alone = [score_ids(model, [row], pad, 1, pooling=pooling)[0] for row in rows]
+    assert score_ids(model, rows, pad, 4, pooling=pooling) == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(a, 4) for a in alone)) > 1
 
 
 def test_reward_model_starts_from_an_sft_adapter(tiny_model_dir, tmp_path, samples):

@@ -150,10 +150,13 @@ def test_a_sharded_launch_is_refused_before_a_model_loads(tiny_model_dir, tiny_r
     assert not (tmp_path / "ppo" / "posttrain.json").exists()
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last"])
 @pytest.mark.parametrize("prompt", ["Name a fruit.", [{"role": "user", "content": "Name a fruit."}]])
-def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt):
-    """One function builds the reward model's input: the score of a prompt and response is the same in the
-    reward-model stage's own tokenisation, in `posttrain score`, and in the RL stage's reward source."""
+def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt,
+                                                                         pooling):
+    """One function builds the reward model's input, and the checkpoint says how its hidden states are pooled: the
+    score of a prompt and response is the same in the reward-model stage's own tokenisation, in `posttrain score`,
+    and in the RL stage's reward source."""
     from posttrain.config import RewardConfig, ScoreConfig, load_config
     from posttrain.stages.reward import run_reward, tokenise_pairs
     from posttrain.stages.reward_model import load_reward_model, score_ids
@@ -168,11 +171,12 @@ def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_m
     pairs.write_text("".join(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n" for _ in range(4)))
     rm_dir = run_reward(load_config(RewardConfig, None, {"model": str(tiny_model_dir), "data": str(pairs),
                                                            "output": str(tmp_path / "rm"), "max_steps": 2, "lora.r": 4,
-                                                           "train.eval_split": 0.0}))
+                                                           "train.eval_split": 0.0, "pooling": pooling}))
     rm = load_reward_model(rm_dir)
     # 1. the reward-model stage's tokenisation of the pair, scored by the trained model
     ids, _ = tokenise_pairs([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], rm.tokenizer, 384)
-    trained = score_ids(rm.model, ids.chosen, rm.tokenizer.pad_token_id, 1)[0]
+    assert rm.pooling == pooling
+    trained = score_ids(rm.model, ids.chosen, rm.tokenizer.pad_token_id, 1, pooling=pooling)[0]
     # 2. posttrain score on a prompt/completion row
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": prompt, "completion": chosen}) + "\n")
