@@ -202,10 +202,11 @@ class RewardConfig:
     resume: bool = doc(False, "Continue from the newest checkpoint under the output folder.")
     report_to: Tracker = _report_to()
     push_to_hub: str = _push_to_hub()
-    pooling: Literal["last", "mean"] = doc(
-        "last", "Which hidden state the scalar head reads: 'mean' (the mean over every token of prompt + response, "
+    pooling: Literal["mean", "last"] = doc(
+        "mean", "Which hidden state the scalar head reads: 'mean' (the mean over every token of prompt + response, "
                 "i.e. the mean of per-token rewards) or 'last' (the last token, as TRL does). The checkpoint records "
-                "it; `posttrain score` and the RL stage read rewards the same way.")
+                "it; `posttrain score` and the RL stage read rewards the same way. Chosen with bench/quality.py: "
+                "held-out accuracy 0.75/0.83/0.88 on the sentiment task where 'last' got 0.68/0.70/0.70 (3 seeds).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings for the body; the scalar head trains in full.")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 3e-4 (LoRA-sized) at "
                                  "batch 4 for one epoch and at least 120 optimizer steps (a few hundred pairs get 3 "
