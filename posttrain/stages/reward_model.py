@@ -9,14 +9,14 @@ The checkpoint ``posttrain rm`` writes:
                                                     held-out pairs
 
 ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
-it (its own forward reads the last token, which is this reward only for ``reward_pooling`` "last"); the PPO stage instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the
-head from reward_head.safetensors, so the reward model costs no second copy of the base weights.
+it (its own forward reads the last token, which is this reward only for ``reward_pooling`` "last"); the PPO stage
+instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the head from
+reward_head.safetensors, so the reward model costs no second copy of the base weights.
 
 The reward of a prompt + response is the head applied to one pooled hidden state (see :func:`pool`): the mean
-over every token of the rendering ("mean", the default since it was measured to generalise better on small preference
-sets, README: Quality on data we did not write) or the last token's ("last", what TRL and transformers' sequence
-classifiers read; checkpoints without ``reward_pooling`` are read so), in training, in ``score`` and in the RL stage
-alike.
+over every token of the rendering ("mean", the default: it generalised better from small preference sets, README:
+Quality on data we did not write) or the last token's ("last", what TRL and transformers' sequence classifiers
+read; checkpoints without ``reward_pooling`` are read so), in training, in ``score`` and in the RL stage alike.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """(batch, hidden) features the reward head reads, from right-padded (batch, seq_len, hidden) states.
 
     "last": the state of each row's last attended token. "mean": the mean over its attended tokens, prompt and
-    response: the head is linear, so this is the mean of per-token rewards. Under causal attention the prompt's
+    response, in float32 (a bf16 sum over hundreds of tokens would round): the head is linear, so this is the mean
+    of per-token rewards. Under causal attention the prompt's
     states do not depend on the response, so within a pair they cancel up to the weight the lengths give them, and
     the mean does not grow with length the way a sum would.
     """
@@ -49,8 +50,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
         last = (positions * attention_mask.long()).argmax(-1)
         return hidden[torch.arange(len(last), device=hidden.device), last]
     if pooling == "mean":
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        weights = attention_mask.float().unsqueeze(-1)
+        return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
     raise ValueError(f"unknown reward pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
 
 
@@ -74,7 +75,7 @@ def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "last") -> torch.Tensor:
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Reward (batch,) of each row: the head on its pooled hidden state (see :func:`pool`).
 
     Args:
@@ -110,9 +111,10 @@ def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "",
-              pooling: str = "last") -> list[float]:
-    """The reward of each row of token ids; ``progress`` names a progress bar over the batches (none when empty)."""
+def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "", *,
+              pooling: str) -> list[float]:
+    """The reward of each row of token ids, read as ``pooling`` says (see :func:`pool`); ``progress`` names a
+    progress bar over the batches (none when empty)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -147,7 +149,7 @@ class RewardModel:
               progress: str = "") -> list[float]:
         """Rewards of responses to prompts (chat message lists or strings)."""
         rows, _ = self.encode(prompts, responses, max_length)
-        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress, self.pooling) if rows else []
+        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress, pooling=self.pooling) if rows else []
 
 
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:
