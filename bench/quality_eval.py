@@ -47,7 +47,7 @@ def accuracy(chosen: list[float], rejected: list[float]) -> float:
 
 
 def posttrain_rm_accuracy(folder: str, pairs: list[dict]) -> float:
-    """As `posttrain score` reads it: the head at the last token of the chat rendering."""
+    """As `posttrain score` reads it: the head on the chat rendering's hidden states, pooled as the checkpoint says."""
     from posttrain.stages.reward_model import load_reward_model
 
     rm = load_reward_model(folder, dtype=torch.float32)

@@ -31,6 +31,8 @@ RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the r
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
 # settings a resumed run may change: they decide what is logged and saved, not what is trained
 FREE_ON_RESUME = {"resume", "output", "report_to", "push_to_hub", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
+# settings added to posttrain whose default is not what runs saved before them did: the value those runs used
+BEFORE_THE_KEY = {"pooling": "last"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
 
@@ -201,8 +203,10 @@ def run_settings(config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
 def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
     """Refuse to resume from ``checkpoint`` (a checkpoint folder, or the checkpoints/ folder of a run) when the settings
     differ from the saved run's, naming each differing key and how to start fresh. Both sides come from
-    :func:`run_settings`. Keys only one side records (a setting added to posttrain since) and :data:`FREE_ON_RESUME`
-    are not compared."""
+    :func:`run_settings`. A run saved before a setting existed is compared as having used its value in
+    :data:`BEFORE_THE_KEY`; other keys only one side records (a setting added to posttrain since, with the old
+    behaviour as its default) and :data:`FREE_ON_RESUME` are not compared."""
+    saved = {**{k: v for k, v in BEFORE_THE_KEY.items() if k in current}, **saved}
     changed = [f"  {key}: saved {saved[key]!r}, now {current[key]!r}"
                for key in sorted(saved.keys() & current.keys() - FREE_ON_RESUME) if saved[key] != current[key]]
     if changed:

@@ -49,9 +49,11 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
     """TRL's RewardTrainer with the reward read from the pooled hidden states (``pooling``, see reward_model.pool)
     and the loss from :func:`posttrain.rl.losses.bradley_terry_loss` (with the per-pair margin when the data has one)."""
 
-    pooling = "last"
+    pooling: str | None = None  # "mean" or "last": set by build_reward_trainer from the config, before training
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.pooling is None:
+            raise StageError("PairwiseRewardTrainer.pooling is unset: set it to the config's pooling before training.")
         mode = "train" if self.model.training else "eval"
         # the body under the trainer's mixed precision (bf16 autocast on a CPU with bf16 products; see trl_args), which
         # reading the body directly would bypass

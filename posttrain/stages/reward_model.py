@@ -99,13 +99,13 @@ def reward_model_input(tokenizer, prompt, response) -> list[int]:
 
     Conversational prompts: the chat template over prompt + response (ending with the template's end-of-turn
     tokens). Plain text: prompt + response as one text, with the tokenizer's own special tokens (its BOS, where it
-    adds one) and no EOS. The reward is read at the last of these tokens.
+    adds one) and no EOS. The reward is read from these tokens (see :func:`pool`).
     """
     return encode_response(tokenizer, prompt, response)
 
 
 def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward-model rows padded on the right (the reward is read at each row's last real token), on ``device``."""
+    """Reward-model rows padded on the right (pooling reads the real tokens from the mask), on ``device``."""
     ids, mask = pad(rows, pad_id, "right")
     return ids.to(device), mask.to(device)
 

@@ -136,6 +136,17 @@ def test_settings_comparison_ignores_what_only_one_side_records():
         check_resume_settings({"processes": 1}, {"processes": 2}, Path("out/checkpoints/step-000002"))
 
 
+def test_a_run_saved_before_a_setting_existed_is_compared_with_what_it_used():
+    """A reward-model run saved before --pooling existed read the last token: resuming it under the new default
+    (mean) is refused, resuming it with --pooling last is not, and stages without the key are untouched."""
+    saved = {"train.lr": 3e-4}
+    with pytest.raises(StageError, match="pooling: saved 'last', now 'mean'"):
+        check_resume_settings(saved, {"train.lr": 3e-4, "pooling": "mean"}, Path("out/checkpoints"))
+    check_resume_settings(saved, {"train.lr": 3e-4, "pooling": "last"}, Path("out/checkpoints"))
+    check_resume_settings(saved, {"train.lr": 3e-4}, Path("out/checkpoints"))
+    check_resume_settings({**saved, "pooling": "mean"}, {"train.lr": 3e-4, "pooling": "mean"}, Path("out/checkpoints"))
+
+
 @pytest.mark.parametrize("leftover", ["lock", "checkpoints", ".writing", "posttrain_config.yaml"])
 def test_an_unfinished_run_folder_is_refused_and_a_finished_one_taken(tmp_path, leftover):
     folder = tmp_path / "run"
