@@ -49,11 +49,11 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
     """TRL's RewardTrainer with the reward read from the pooled hidden states (``pooling``, see reward_model.pool)
     and the loss from :func:`posttrain.rl.losses.bradley_terry_loss` (with the per-pair margin when the data has one)."""
 
-    pooling: str | None = None  # "mean" or "last": set by build_reward_trainer from the config, before training
+    def __init__(self, *args, pooling: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pooling = pooling  # "mean" or "last" (reward_model.pool), the config's
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.pooling is None:
-            raise StageError("PairwiseRewardTrainer.pooling is unset: set it to the config's pooling before training.")
         mode = "train" if self.model.training else "eval"
         # the body under the trainer's mixed precision (bf16 autocast on a CPU with bf16 products; see trl_args), which
         # reading the body directly would bypass
@@ -252,8 +252,8 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
         eval_dataset=Dataset.from_list(held_pairs.rows()) if held_pairs.chosen else None,
         processing_class=tokenizer,
         callbacks=[recorder],
+        pooling=config.pooling,
     )
-    trainer.pooling = config.pooling
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
     return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from)
