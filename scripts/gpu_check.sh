@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # On a GPU machine: a few steps of every stage on the default model, in bf16, with QLoRA 4-bit and with gradient
-# checkpointing, and PPO on 2 processes when the machine has 2 GPUs. Prints peak GPU memory and step time of each
-# run and exits non-zero if any run fails.
+# checkpointing (PPO and GRPO for the RL stage), and PPO on 2 processes when the machine has 2 GPUs (on one GPU, the
+# RL loop's collectives through a one-rank NCCL group instead). Prints peak GPU memory and step time of each run and
+# exits non-zero if any run fails.
 #
 #   bash scripts/gpu_check.sh              # on a machine with a CUDA GPU (needs bitsandbytes for the 4-bit runs)
 #   bash scripts/gpu_check.sh --cpu-smoke  # the same commands on a CPU, tiny step counts, no QLoRA: proves the plumbing
 #
 # Run from the repository root with the project's environment active (or PYTHON=/path/to/python).
 # GPU_CHECK_MODEL=FOLDER runs another model (the smoke test in CI-less checks uses a tiny one).
+# GPU_CHECK_VARIANTS="bf16 qlora4" runs only those variants (several scripts with different GPU_CHECK_OUT can then
+# share one GPU side by side).
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -32,7 +35,18 @@ else
   STEPS=1; PPO_STEPS=1; LENGTH=256; NEW_TOKENS=4
   VARIANTS=("bf16:" "checkpointing:--gradient_checkpointing true")  # bitsandbytes' 4-bit kernels need CUDA
 fi
-echo "gpu_check: mode $MODE, $GPUS GPU(s), output in $OUT"
+if [[ -n "${GPU_CHECK_VARIANTS:-}" ]]; then
+  chosen=()
+  for variant in "${VARIANTS[@]}"; do
+    [[ " $GPU_CHECK_VARIANTS " == *" ${variant%%:*} "* ]] && chosen+=("$variant")
+  done
+  if [[ ${#chosen[@]} -eq 0 ]]; then
+    echo "gpu_check: GPU_CHECK_VARIANTS='$GPU_CHECK_VARIANTS' names none of: ${VARIANTS[*]%%:*}" >&2
+    exit 2
+  fi
+  VARIANTS=("${chosen[@]}")
+fi
+echo "gpu_check: mode $MODE, $GPUS GPU(s), variants ${VARIANTS[*]%%:*}, output in $OUT"
 
 # Data: the shipped samples, cut short in the smoke mode
 head -n 16 data_samples/sft_messages.jsonl > "$OUT/sft.jsonl"
@@ -86,6 +100,11 @@ for variant in "${VARIANTS[@]}"; do
     # shellcheck disable=SC2086
     run "ppo-$tag" "$PPO_STEPS" "$PYTHON" "${WRAP[@]}" rlhf --model "$MODEL" --reward-model "$OUT/rm-$tag" --prompts "$OUT/prompts.jsonl" \
         --output "$OUT/ppo-$tag" --ppo.steps "$PPO_STEPS" --rollout.max_new_tokens "$NEW_TOKENS" --ppo.save_steps 0 $flags
+    # the critic-free path: no critic adapter or value head, groups of responses per prompt
+    # shellcheck disable=SC2086
+    run "grpo-$tag" "$PPO_STEPS" "$PYTHON" "${WRAP[@]}" rlhf --algo grpo --model "$MODEL" --reward-model "$OUT/rm-$tag" \
+        --prompts "$OUT/prompts.jsonl" --output "$OUT/grpo-$tag" --ppo.steps "$PPO_STEPS" \
+        --rollout.max_new_tokens "$NEW_TOKENS" --ppo.save_steps 0 $flags
   else
     FAILED=1; printf "ppo-%s\tFAILED (no reward model)\t-\t-\n" "$tag" >> "$RESULTS"
   fi
@@ -102,6 +121,12 @@ if [[ "$GPUS" -ge 2 || "$MODE" == cpu-smoke ]]; then
 else
   echo "--- ppo-2proc: skipped (1 GPU)"
   printf "ppo-2proc\tskipped (1 GPU)\t-\t-\n" >> "$RESULTS"
+  # one GPU: the loop's collectives forced through a one-rank NCCL group instead (scripts/gpu_collectives.py)
+  if [[ -f "$OUT/rm-bf16/posttrain.json" ]]; then
+    run "ppo-nccl" "$PPO_STEPS" "$PYTHON" -m torch.distributed.run --nproc_per_node 1 scripts/gpu_collectives.py rlhf \
+        --model "$MODEL" --reward-model "$OUT/rm-bf16" --prompts "$OUT/prompts.jsonl" --output "$OUT/ppo-nccl" \
+        --ppo.steps "$PPO_STEPS" --rollout.max_new_tokens "$NEW_TOKENS" --ppo.save_steps 0
+  fi
 fi
 
 echo

@@ -33,7 +33,16 @@ from posttrain.stages.common import (
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
-from posttrain.stages.reward_model import HEAD_FILE, HEAD_NAMES, body_and_head, reward_model_input, score_ids, sequence_rewards
+from posttrain.stages.reward_model import (
+    HEAD_FILE,
+    HEAD_NAMES,
+    body_and_head,
+    head_in_fp32,
+    reward_model_input,
+    running_head,
+    score_ids,
+    sequence_rewards,
+)
 from posttrain.stages.trainer_run import resume_point, run_trainer
 from posttrain.templates import with_chat_template
 
@@ -52,6 +61,7 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
     def __init__(self, *args, pooling: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.pooling = pooling  # "mean" or "last" (reward_model.pool), the config's
+        head_in_fp32(self.model)  # undo TRL's bf16 cast of a quantized model's head, before the optimizer exists
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -145,13 +155,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
 
 def head_state(model) -> dict[str, torch.Tensor]:
     """The trained scalar head alone, as "weight" (1, hidden) and "bias" when it has one."""
-    _, head = body_and_head(model)
-    if hasattr(head, "modules_to_save"):  # peft's wrapper: the trained copy of the active adapter
-        active = head.active_adapter
-        module = head.modules_to_save[active if isinstance(active, str) else active[0]]
-    else:
-        module = head
-    return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().contiguous() for k, v in running_head(body_and_head(model)[1]).state_dict().items()}
 
 
 @dataclass

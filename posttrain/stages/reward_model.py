@@ -75,6 +75,23 @@ def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     raise ModelError(f"{type(seqcls).__name__} has no scalar head named {' or '.join(HEAD_NAMES)}.")
 
 
+def running_head(head: torch.nn.Module) -> torch.nn.Module:
+    """The module that computes the reward: under peft's ``modules_to_save`` wrapper, the active adapter's trained
+    copy (the wrapper's first parameters are the untouched original's, which can differ in dtype), else ``head``."""
+    if hasattr(head, "modules_to_save"):
+        active = head.active_adapter
+        return head.modules_to_save[active if isinstance(active, str) else active[0]]
+    return head
+
+
+def head_in_fp32(model) -> None:
+    """Keep the trained scalar head in float32. TRL's trainers cast every trainable parameter of a quantized (QLoRA)
+    model to bf16, the head included; rewards are read from the head's output and compared by their differences,
+    which bf16 rounds to ~1% of their size (see :func:`sequence_rewards`)."""
+    for param in running_head(body_and_head(model)[1]).parameters():
+        param.data = param.data.float()
+
+
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Reward (batch,) of each row: the head on its pooled hidden state (see :func:`pool`).
 
@@ -90,7 +107,7 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     # the scalar head outside any autocast, in its own dtype: rewards are compared by their differences, which a
     # bf16 head would round to ~1% of their size
     with torch.autocast(device_type=final.device.type, enabled=False):
-        return head(final.to(next(head.parameters()).dtype)).squeeze(-1).float()
+        return head(final.to(next(running_head(head).parameters()).dtype)).squeeze(-1).float()
 
 
 def reward_model_input(tokenizer, prompt, response) -> list[int]:

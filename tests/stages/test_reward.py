@@ -215,3 +215,34 @@ def test_reward_body_trains_under_the_trainers_bf16_autocast_and_the_head_in_fp3
             module.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o.dtype) and None)
         trainer.compute_loss(trainer.model, dict(next(iter(trainer.get_train_dataloader()))))
         assert seen == {"body": body_dtype, "head": torch.float32}, precision
+
+
+def test_a_quantized_bases_reward_head_trains_and_scores_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    """QLoRA: TRL's RewardTrainer casts every trainable parameter of a quantized model to bf16, the head's trained copy
+    included, while peft's wrapper keeps the original head in fp32. Found on a GPU (the 4-bit RM failed its first
+    step with a dtype mismatch); here the model is marked quantized as bitsandbytes marks it, so TRL takes that path
+    on a CPU."""
+    from posttrain.stages.reward_model import body_and_head, running_head, sequence_rewards
+
+    build = reward_stage.build_model
+
+    def quantized(*args, **kwargs):
+        model, tokenizer, base = build(*args, **kwargs)
+        model.is_loaded_in_4bit = True  # what TRL reads to apply its QLoRA cast
+        return model, tokenizer, base
+
+    monkeypatch.setattr(reward_stage, "build_model", quantized)
+    data = write_jsonl(tmp_path / "p.jsonl", marker_pairs(8))
+    trainer = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", eval_split=0.0, precision="fp32")).trainer
+    lora = [p for n, p in trainer.model.named_parameters() if "lora_" in n]
+    assert {p.dtype for p in lora} == {torch.bfloat16}  # TRL's cast ran
+    head = running_head(body_and_head(trainer.model)[1])
+    assert {p.dtype for p in head.parameters()} == {torch.float32}  # and the head was given back its fp32
+    loss = trainer.compute_loss(trainer.model, dict(next(iter(trainer.get_train_dataloader()))))
+    assert torch.isfinite(loss)
+
+    # the head's input follows the module that runs, not the wrapper's original copy
+    head.to(torch.bfloat16)
+    batch = next(iter(trainer.get_train_dataloader()))
+    rewards = sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"], "mean")
+    assert rewards.dtype == torch.float32 and torch.isfinite(rewards).all()
