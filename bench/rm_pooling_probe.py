@@ -29,19 +29,29 @@ def features(model, tokenizer, rows: list[dict]) -> dict[str, torch.Tensor]:
     """{pooling: (pairs, 2, hidden)} final-layer features of each pair's chosen and rejected response."""
     from posttrain.stages.reward_model import pool, reward_model_input
 
-    out: dict[str, list] = {"last": [], "mean": []}
+    out: dict[str, list] = {"last": [], "mean": [], "response_mean": []}
     for row in rows:
         pair = {k: [] for k in out}
+        start = response_start(tokenizer, row["prompt"])
         for side in ("chosen", "rejected"):
             ids = torch.tensor([reward_model_input(tokenizer, row["prompt"], row[side])])
             with torch.no_grad():
                 hidden = model.base_model(input_ids=ids).last_hidden_state.float()
             mask = torch.ones_like(ids)
-            for name in out:
+            for name in ("last", "mean"):
                 pair[name].append(pool(hidden, mask, name)[0])
+            pair["response_mean"].append(hidden[0, start:].mean(0))  # the response's tokens alone
         for name in out:
             out[name].append(torch.stack(pair[name]))
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def response_start(tokenizer, prompt) -> int:
+    """How many of a rendering's leading tokens are the prompt's (the template's generation prompt included)."""
+    if isinstance(prompt, str):
+        return len(tokenizer(prompt)["input_ids"])
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(head, add_special_tokens=False)["input_ids"])
 
 
 def probe(train: torch.Tensor, held: torch.Tensor, strength: float) -> tuple[float, float]:
@@ -85,7 +95,7 @@ def main() -> None:
         read = lambda split: [json.loads(line) for line in (tasks_dir / task / f"prefs_{split}.jsonl").open()]
         train, held = features(model, loaded.tokenizer, read("train")), features(model, loaded.tokenizer, read("heldout"))
         rows = []
-        for pooling in ("last", "mean"):
+        for pooling in ("last", "mean", "response_mean"):
             for strength in args.strengths:
                 train_acc, held_acc = probe(train[pooling], held[pooling], strength)
                 rows.append({"pooling": pooling, "C": strength, "train_accuracy": train_acc, "heldout_accuracy": held_acc})

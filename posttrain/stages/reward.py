@@ -38,7 +38,7 @@ from posttrain.stages.reward_model import (
     HEAD_NAMES,
     body_and_head,
     head_in_fp32,
-    reward_model_input,
+    reward_model_rows,
     running_head,
     score_ids,
     sequence_rewards,
@@ -60,8 +60,13 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
 
     def __init__(self, *args, pooling: str, **kwargs):
         super().__init__(*args, **kwargs)
-        self.pooling = pooling  # "mean" or "last" (reward_model.pool), the config's
+        self.pooling = pooling  # "mean", "response" or "last" (reward_model.pool), the config's
+        self.data_collator = PairCollator(self.data_collator)
         head_in_fp32(self.model)  # undo TRL's bf16 cast of a quantized model's head, before the optimizer exists
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, *PairCollator.STARTS]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -69,7 +74,7 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
         # reading the body directly would bypass
         with self.accelerator.autocast():
             rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"],
-                                       self.pooling)
+                                       self.pooling, inputs["response_start"])
         chosen, rejected = rewards.chunk(2)  # TRL's collator stacks all chosen rows, then all rejected
         out = bradley_terry_loss(chosen, rejected, inputs.get("margin"))
         self._metrics[mode]["accuracy"].append(out.accuracy.item())
@@ -78,18 +83,37 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
         return (out.loss, {"rewards": rewards.detach()}) if return_outputs else out.loss
 
 
+class PairCollator:
+    """TRL's preference collator, plus ``response_start`` (2 * pairs,): where each row's response begins, in the
+    collator's order (every chosen row, then every rejected one)."""
+
+    STARTS = ("chosen_start", "rejected_start")
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate([{k: v for k, v in e.items() if k not in self.STARTS} for e in examples])
+        batch["response_start"] = torch.tensor([e[key] for key in self.STARTS for e in examples])
+        return batch
+
+
 @dataclass
 class PairIds:
-    """Tokenised preference pairs: prompt + chosen and prompt + rejected ids, and the response lengths in tokens."""
+    """Tokenised preference pairs: prompt + chosen and prompt + rejected ids, where each response begins in them,
+    and the response lengths in tokens."""
 
     chosen: list[list[int]]
     rejected: list[list[int]]
+    chosen_start: list[int]
+    rejected_start: list[int]
     margins: list[float] | None
     chosen_len: list[int]
     rejected_len: list[int]
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(self.chosen, self.rejected)]
+        rows = [{"chosen_ids": c, "rejected_ids": r, "chosen_start": cs, "rejected_start": rs}
+                for c, r, cs, rs in zip(self.chosen, self.rejected, self.chosen_start, self.rejected_start)]
         if self.margins is not None:
             for row, margin in zip(rows, self.margins):
                 row["margin"] = margin
@@ -103,19 +127,15 @@ def response_tokens(tokenizer, response) -> int:
 
 def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -> tuple[PairIds, int]:
     """Pairs as the reward model reads them; pairs past ``max_length`` are left out (TRL's rule) and counted."""
-    kept: list[dict[str, Any]] = []
-    chosen, rejected, over = [], [], 0
-    for e in examples:
-        c, r = reward_model_input(tokenizer, e["prompt"], e["chosen"]), reward_model_input(tokenizer, e["prompt"], e["rejected"])
-        if max(len(c), len(r)) > max_length:
-            over += 1
-            continue
-        kept.append(e)
-        chosen.append(c)
-        rejected.append(r)
+    prompts = [e["prompt"] for e in examples]
+    chosen, chosen_start = reward_model_rows(tokenizer, prompts, [e["chosen"] for e in examples])
+    rejected, rejected_start = reward_model_rows(tokenizer, prompts, [e["rejected"] for e in examples])
+    keep = [i for i in range(len(examples)) if max(len(chosen[i]), len(rejected[i])) <= max_length]
+    kept = [examples[i] for i in keep]
     margins = [e["margin"] for e in kept] if kept and "margin" in kept[0] else None
-    return PairIds(chosen, rejected, margins, [response_tokens(tokenizer, e["chosen"]) for e in kept],
-                   [response_tokens(tokenizer, e["rejected"]) for e in kept]), over
+    return PairIds([chosen[i] for i in keep], [rejected[i] for i in keep], [chosen_start[i] for i in keep],
+                   [rejected_start[i] for i in keep], margins, [response_tokens(tokenizer, e["chosen"]) for e in kept],
+                   [response_tokens(tokenizer, e["rejected"]) for e in kept]), len(examples) - len(keep)
 
 
 def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.device | None = None,
@@ -199,8 +219,8 @@ def pearson(xs: list[float], ys: list[float]) -> float:
 def pair_stats(model, pairs: PairIds, pad_id: int, batch_size: int, pooling: str) -> PairStats:
     was_training = model.training
     model.eval()
-    chosen = score_ids(model, pairs.chosen, pad_id, batch_size, pooling=pooling)
-    rejected = score_ids(model, pairs.rejected, pad_id, batch_size, pooling=pooling)
+    chosen = score_ids(model, pairs.chosen, pairs.chosen_start, pad_id, batch_size, pooling=pooling)
+    rejected = score_ids(model, pairs.rejected, pairs.rejected_start, pad_id, batch_size, pooling=pooling)
     model.train(was_training)
     return PairStats(chosen, rejected, pairs.chosen_len, pairs.rejected_len)
 
@@ -325,4 +345,5 @@ READ_ME_LAYOUT = """## Layout
 layers and the scalar head `score` in full (modules_to_save). `reward_head.safetensors` holds the head alone
 (`weight` of shape (1, hidden), `bias` if any), for loading the LoRA weights onto another model of the same base.
 The reward is the head on the hidden states of the chat-template rendering of prompt + response, pooled as
-`reward_pooling` in posttrain.json says: "mean" over every token, or the "last" token's."""
+`reward_pooling` in posttrain.json says: "mean" over every token, "response" over the response's tokens alone, or the
+"last" token's."""

@@ -14,9 +14,10 @@ instead puts the LoRA matrices on its own copy of the base as one more adapter a
 reward_head.safetensors, so the reward model costs no second copy of the base weights.
 
 The reward of a prompt + response is the head applied to one pooled hidden state (see :func:`pool`): the mean
-over every token of the rendering ("mean", the default: it generalised better from small preference sets, README:
-Quality on data we did not write) or the last token's ("last", what TRL and transformers' sequence classifiers
-read; checkpoints without ``reward_pooling`` are read so), in training, in ``score`` and in the RL stage alike.
+over the response's tokens ("response"), over every token of the rendering ("mean", the default: it generalised
+better from small preference sets, README: Quality on data we did not write) or the last token's ("last", what TRL
+and transformers' sequence classifiers read; checkpoints without ``reward_pooling`` are read so), in training, in
+``score`` and in the RL stage alike.
 """
 
 from __future__ import annotations
@@ -27,32 +28,45 @@ from typing import Any
 
 import torch
 
-from posttrain.data import encode_response
+from posttrain.data import encode_response, render_prompt
 from posttrain.models import ModelError, is_adapter_folder, load_model
 from posttrain.padding import pad
 
 HEAD_FILE = "reward_head.safetensors"
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head of a sequence-classification model
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "response", "last")
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+         response_start: torch.Tensor | None = None) -> torch.Tensor:
     """(batch, hidden) features the reward head reads, from right-padded (batch, seq_len, hidden) states.
 
     "last": the state of each row's last attended token. "mean": the mean over its attended tokens, prompt and
     response, in float32 (a bf16 sum over hundreds of tokens would round): the head is linear, so this is the mean
-    of per-token rewards. Under causal attention the prompt's
-    states do not depend on the response, so within a pair they cancel up to the weight the lengths give them, and
-    the mean does not grow with length the way a sum would.
+    of per-token rewards. Under causal attention the prompt's states do not depend on the response, so within a
+    pair they cancel up to the weight the lengths give them, and the mean does not grow with length the way a sum
+    would. "response": the mean over the response's tokens alone, the positions from ``response_start`` (batch,)
+    on (see :func:`reward_model_rows`): no prompt states to dilute the response's, and no weight that changes with
+    the response's length.
     """
     if pooling == "last":
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         last = (positions * attention_mask.long()).argmax(-1)
         return hidden[torch.arange(len(last), device=hidden.device), last]
     if pooling == "mean":
-        weights = attention_mask.float().unsqueeze(-1)
-        return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return _masked_mean(hidden, attention_mask.bool())
+    if pooling == "response":
+        if response_start is None:
+            raise ValueError("reward pooling 'response' needs each row's response_start")
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        return _masked_mean(hidden, attention_mask.bool() & (positions >= response_start.to(hidden.device)[:, None]))
     raise ValueError(f"unknown reward pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, hidden) float32 mean of ``hidden`` (batch, seq_len, hidden) over the positions ``mask`` keeps."""
+    weights = mask.float().unsqueeze(-1)
+    return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def checkpoint_pooling(folder: str | Path) -> str:
@@ -92,18 +106,20 @@ def head_in_fp32(model) -> None:
         param.data = param.data.float()
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+                     response_start: torch.Tensor | None = None) -> torch.Tensor:
     """Reward (batch,) of each row: the head on its pooled hidden state (see :func:`pool`).
 
     Args:
         model: a sequence-classification model (a PeftModel with the reward adapter active, or plain).
         input_ids: (batch, seq_len), right-padded.
         attention_mask: (batch, seq_len), 1 on real tokens.
-        pooling: "mean" or "last".
+        pooling: "mean", "response" or "last".
+        response_start: (batch,) where each row's response begins; "response" pooling reads it.
     """
     body, head = body_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    final = pool(hidden, attention_mask, pooling)
+    final = pool(hidden, attention_mask, pooling, response_start)
     # the scalar head outside any autocast, in its own dtype: rewards are compared by their differences, which a
     # bf16 head would round to ~1% of their size
     with torch.autocast(device_type=final.device.type, enabled=False):
@@ -121,6 +137,23 @@ def reward_model_input(tokenizer, prompt, response) -> list[int]:
     return encode_response(tokenizer, prompt, response)
 
 
+def response_start(tokenizer, prompt, response, ids: list[int]) -> int:
+    """Where the response begins in ``ids`` (the :func:`reward_model_input` of prompt and response): the length of
+    the prefix ``ids`` shares with the prompt rendered alone (a chat prompt with the template's generation prompt),
+    so a token the tokenizer merged across the boundary counts as the response's; at least one token is left."""
+    plain = isinstance(prompt, str) and isinstance(response, str)
+    head = render_prompt(tokenizer, prompt if plain or not isinstance(prompt, str) else [{"role": "user", "content": prompt}])
+    prefix = tokenizer(head, add_special_tokens=plain)["input_ids"]
+    shared = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), min(len(prefix), len(ids)))
+    return min(shared, len(ids) - 1)
+
+
+def reward_model_rows(tokenizer, prompts: list, responses: list) -> tuple[list[list[int]], list[int]]:
+    """The :func:`reward_model_input` of each prompt and response, and where each row's response begins."""
+    rows = [reward_model_input(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    return rows, [response_start(tokenizer, p, r, ids) for p, r, ids in zip(prompts, responses, rows)]
+
+
 def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Reward-model rows padded on the right (pooling reads the real tokens from the mask), on ``device``."""
     ids, mask = pad(rows, pad_id, "right")
@@ -128,17 +161,17 @@ def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def score_ids(model, rows: list[list[int]], pad_id: int, batch_size: int, progress: str = "", *,
+def score_ids(model, rows: list[list[int]], starts: list[int], pad_id: int, batch_size: int, progress: str = "", *,
               pooling: str) -> list[float]:
-    """The reward of each row of token ids, read as ``pooling`` says (see :func:`pool`); ``progress`` names a
-    progress bar over the batches (none when empty)."""
+    """The reward of each row of token ids whose response begins at ``starts``, read as ``pooling`` says (see
+    :func:`pool`); ``progress`` names a progress bar over the batches (none when empty)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     scores: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc=progress, disable=not progress, unit="batch", leave=False):
         ids, mask = pad_right(rows[start:start + batch_size], pad_id, device)
-        scores.extend(sequence_rewards(model, ids, mask, pooling).tolist())
+        scores.extend(sequence_rewards(model, ids, mask, pooling, torch.tensor(starts[start:start + batch_size])).tolist())
     return scores
 
 
@@ -152,21 +185,23 @@ class RewardModel:
     base_model: str
     pooling: str = "last"
 
-    def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], int]:
-        """Token ids of each prompt + response, cut from the left to ``max_length``; and how many were cut."""
-        rows, cut = [], 0
-        for prompt, response in zip(prompts, responses, strict=True):
-            ids = reward_model_input(self.tokenizer, prompt, response)
-            if len(ids) > max_length:
-                ids, cut = ids[-max_length:], cut + 1  # keep the end: the response, where the reward is read
-            rows.append(ids)
-        return rows, cut
+    def encode(self, prompts: list, responses: list, max_length: int = 512) -> tuple[list[list[int]], list[int], int]:
+        """Token ids of each prompt + response, cut from the left to ``max_length``; where each response begins in
+        them; and how many rows were cut."""
+        rows, starts = reward_model_rows(self.tokenizer, prompts, responses)
+        cut = 0
+        for i, ids in enumerate(rows):
+            if len(ids) > max_length:  # keep the end: the response, where the reward is read
+                rows[i], starts[i], cut = ids[-max_length:], max(0, starts[i] - (len(ids) - max_length)), cut + 1
+        return rows, starts, cut
 
     def score(self, prompts: list, responses: list, batch_size: int = 8, max_length: int = 512,
               progress: str = "") -> list[float]:
         """Rewards of responses to prompts (chat message lists or strings)."""
-        rows, _ = self.encode(prompts, responses, max_length)
-        return score_ids(self.model, rows, self.tokenizer.pad_token_id, batch_size, progress, pooling=self.pooling) if rows else []
+        rows, starts, _ = self.encode(prompts, responses, max_length)
+        if not rows:
+            return []
+        return score_ids(self.model, rows, starts, self.tokenizer.pad_token_id, batch_size, progress, pooling=self.pooling)
 
 
 def load_reward_model(folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RewardModel:

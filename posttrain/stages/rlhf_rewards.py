@@ -14,7 +14,7 @@ import torch
 
 from posttrain.config import ConfigError, RLHFConfig
 from posttrain.rewards import RewardFunction, load_reward_function
-from posttrain.stages.reward_model import pad_right, pool, reward_model_input
+from posttrain.stages.reward_model import pad_right, pool, reward_model_rows
 
 
 @dataclass
@@ -51,10 +51,10 @@ class RewardModelSource:
             return torch.tensor(roles.separate_reward.score(batch.prompts, batch.texts), device=roles.device)
         from posttrain.stages.rlhf_roles import REWARD
 
-        rows = [reward_model_input(roles.tokenizer, p, t) for p, t in zip(batch.prompts, batch.texts)]
+        rows, starts = reward_model_rows(roles.tokenizer, batch.prompts, batch.texts)
         ids, mask = pad_right(rows, roles.tokenizer.pad_token_id, roles.device)
         (hidden,) = roles.hidden([REWARD], ids, mask)
-        return roles.reward_head(pool(hidden.float(), mask, roles.reward_pooling)).squeeze(-1)
+        return roles.reward_head(pool(hidden.float(), mask, roles.reward_pooling, torch.tensor(starts))).squeeze(-1)
 
 
 class FunctionSource:

@@ -49,11 +49,13 @@ def run_score(config: ScoreConfig) -> dict[str, Any]:
 
     if pairs:
         prompts = [e["prompt"] for e in table.rows]
-        chosen_ids, cut_c = rm.encode(prompts, [e["chosen"] for e in table.rows], config.max_length)
-        rejected_ids, cut_r = rm.encode(prompts, [e["rejected"] for e in table.rows], config.max_length)
+        chosen_ids, chosen_starts, cut_c = rm.encode(prompts, [e["chosen"] for e in table.rows], config.max_length)
+        rejected_ids, rejected_starts, cut_r = rm.encode(prompts, [e["rejected"] for e in table.rows], config.max_length)
         pad = rm.tokenizer.pad_token_id
-        stats = PairStats(score_ids(rm.model, chosen_ids, pad, config.batch_size, "scoring chosen", pooling=rm.pooling),
-                          score_ids(rm.model, rejected_ids, pad, config.batch_size, "scoring rejected", pooling=rm.pooling),
+        stats = PairStats(score_ids(rm.model, chosen_ids, chosen_starts, pad, config.batch_size, "scoring chosen",
+                                    pooling=rm.pooling),
+                          score_ids(rm.model, rejected_ids, rejected_starts, pad, config.batch_size, "scoring rejected",
+                                    pooling=rm.pooling),
                           [response_tokens(rm.tokenizer, e["chosen"]) for e in table.rows],
                           [response_tokens(rm.tokenizer, e["rejected"]) for e in table.rows])
         summary = {**stats.summary(), "rows_cut": cut_c + cut_r}
@@ -61,8 +63,8 @@ def run_score(config: ScoreConfig) -> dict[str, Any]:
         log(f"pairwise accuracy {summary['accuracy']:.3f} over {summary['pairs']} pairs, mean margin {summary['mean_margin']:.3f}, "
             f"corr(reward, length) {summary['length_correlation']:.3f}")
     else:
-        ids, cut = rm.encode([p for p, _ in scored], [r for _, r in scored], config.max_length)
-        rewards = score_ids(rm.model, ids, rm.tokenizer.pad_token_id, config.batch_size, "scoring", pooling=rm.pooling)
+        ids, starts, cut = rm.encode([p for p, _ in scored], [r for _, r in scored], config.max_length)
+        rewards = score_ids(rm.model, ids, starts, rm.tokenizer.pad_token_id, config.batch_size, "scoring", pooling=rm.pooling)
         mean = sum(rewards) / len(rewards)
         std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1))
         summary = {"rows": len(rewards), "reward_mean": mean, "reward_std": std, "rows_cut": cut}

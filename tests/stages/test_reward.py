@@ -55,27 +55,33 @@ def test_reward_loss_is_bradley_terry_with_margin(tiny_model_dir, tmp_path, monk
     # hand-worked: rewards chosen (2, 0), rejected (0, 0), margins (1, 0):
     #   pair 1: -log sigmoid(2 - 0 - 1) = log(1 + e^-1); pair 2: -log sigmoid(0) = log 2; the loss is their mean
     fixed = {"input_ids": batch["input_ids"][[0, 1, 4, 5]], "attention_mask": batch["attention_mask"][[0, 1, 4, 5]],
-             "margin": torch.tensor([1.0, 0.0])}
-    monkeypatch.setattr(reward_stage, "sequence_rewards", lambda model, ids, mask, pooling: torch.tensor([2.0, 0.0, 0.0, 0.0]))
+             "response_start": batch["response_start"][[0, 1, 4, 5]], "margin": torch.tensor([1.0, 0.0])}
+    monkeypatch.setattr(reward_stage, "sequence_rewards", lambda model, ids, mask, pooling, starts: torch.tensor([2.0, 0.0, 0.0, 0.0]))
     loss = trainer.compute_loss(trainer.model, dict(fixed))
     assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2)
     monkeypatch.undo()
 
     # and with the model's own rewards, read as the config says (mean pooling, the default), the trainer's loss is
-    # -log sigmoid(r_chosen - r_rejected - margin); the last token's rewards give another loss
+    # -log sigmoid(r_chosen - r_rejected - margin); the other poolings' rewards give other losses
     trainer.model.eval()
     with torch.no_grad():
         expected = {}
-        for pooling in ("mean", "last"):
-            rewards = reward_stage.sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"], pooling)
+        for pooling in ("mean", "response", "last"):
+            with trainer.accelerator.autocast():  # as the trainer reads them
+                rewards = reward_stage.sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"],
+                                                        pooling, batch["response_start"])
             chosen, rejected = rewards.chunk(2)
             expected[pooling] = -torch.nn.functional.logsigmoid(chosen - rejected - batch["margin"]).mean().item()
         loss = trainer.compute_loss(trainer.model, dict(batch)).item()
+        trainer.pooling = "response"  # reads where each row's response begins from the collated batch
+        response_loss = trainer.compute_loss(trainer.model, dict(batch)).item()
     assert loss == pytest.approx(expected["mean"], rel=1e-5)
     assert loss != pytest.approx(expected["last"], rel=1e-3)
+    assert loss != pytest.approx(expected["response"], rel=1e-3)
+    assert response_loss == pytest.approx(expected["response"], rel=1e-5)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "response", "last"])
 def test_reward_training_raises_pair_accuracy(tiny_model_dir, tmp_path, pooling):
     data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(32))
     setup = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", pooling, max_steps=40, batch_size=8,
@@ -88,10 +94,10 @@ def test_reward_training_raises_pair_accuracy(tiny_model_dir, tmp_path, pooling)
     assert after["accuracy"] >= 0.9
     assert after["accuracy"] > before["accuracy"]
     # one marker word among ~20 tokens moves a mean of per-token rewards less than the last token's reward
-    assert after["mean_margin"] > before["mean_margin"] + (0.25 if pooling == "mean" else 0.5)
+    assert after["mean_margin"] > before["mean_margin"] + (0.5 if pooling == "last" else 0.25)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "response", "last"])
 def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_path, pooling):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -130,12 +136,14 @@ def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_p
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     base.config.pad_token_id = rm.tokenizer.pad_token_id
     plain = PeftModel.from_pretrained(base, str(folder)).eval()
-    ids, _ = rm.encode([held[0]["prompt"]], [held[0]["chosen"][0]["content"]])
+    # (and for a "response" one the head on the mean of the response's hidden states)
+    ids, starts, _ = rm.encode([held[0]["prompt"]], [held[0]["chosen"][0]["content"]])
     with torch.no_grad():
         out = plain(input_ids=torch.tensor(ids), output_hidden_states=True)
-        mean = plain.get_base_model().score(out.hidden_states[-1].mean(1)).item()
-    assert (out.logits.item() if pooling == "last" else mean) == pytest.approx(scores[0], abs=1e-5)
-    assert (mean if pooling == "last" else out.logits.item()) != pytest.approx(scores[0], abs=1e-3)
+        means = {"mean": out.hidden_states[-1].mean(1), "response": out.hidden_states[-1][:, starts[0]:].mean(1)}
+        read = {"last": out.logits.item(), **{k: plain.get_base_model().score(v).item() for k, v in means.items()}}
+    assert read[pooling] == pytest.approx(scores[0], abs=1e-5)
+    assert all(value != pytest.approx(scores[0], abs=1e-3) for key, value in read.items() if key != pooling)
 
     # `posttrain score` on rows writes a reward per row; on pairs it reports the accuracy
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in held]
@@ -149,7 +157,7 @@ def test_saved_reward_model_loads_back_and_scores_the_same(tiny_model_dir, tmp_p
     assert "reward_chosen" in json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[0])
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "response", "last"])
 def test_a_rows_reward_does_not_depend_on_the_padding_its_batch_gives_it(tiny_model_dir, tmp_path, pooling):
     """Rows scored alone and in a batch with longer rows (right-padded) get the same reward."""
     from posttrain.stages.reward_model import score_ids
@@ -158,8 +166,9 @@ def test_a_rows_reward_does_not_depend_on_the_padding_its_batch_gives_it(tiny_mo
     setup = build_reward_trainer(rm_config(tiny_model_dir, data, tmp_path / "rm", pooling, eval_split=0.0))
     model, pad = setup.trainer.model.eval(), setup.tokenizer.pad_token_id
     rows = setup.train_pairs.chosen[:3] + [setup.train_pairs.chosen[3] + setup.train_pairs.rejected[3]]  # one long row
-    alone = [score_ids(model, [row], pad, 1, pooling=pooling)[0] for row in rows]
-    assert score_ids(model, rows, pad, 4, pooling=pooling) == pytest.approx(alone, abs=1e-5)
+    starts = setup.train_pairs.chosen_start[:4]
+    alone = [score_ids(model, [row], [start], pad, 1, pooling=pooling)[0] for row, start in zip(rows, starts)]
+    assert score_ids(model, rows, starts, pad, 4, pooling=pooling) == pytest.approx(alone, abs=1e-5)
     assert len(set(round(a, 4) for a in alone)) > 1
 
 
@@ -246,3 +255,33 @@ def test_a_quantized_bases_reward_head_trains_and_scores_in_fp32(tiny_model_dir,
     batch = next(iter(trainer.get_train_dataloader()))
     rewards = sequence_rewards(trainer.model, batch["input_ids"], batch["attention_mask"], "mean")
     assert rewards.dtype == torch.float32 and torch.isfinite(rewards).all()
+
+
+def test_response_pooling_is_the_mean_over_the_responses_tokens_alone():
+    """Hand-worked: one row of prompt states 1, 2, response states 3, 5, then padding (100). "mean" reads
+    (1 + 2 + 3 + 5) / 4 = 2.75; "response" reads (3 + 5) / 2 = 4; the padding is read by neither."""
+    from posttrain.stages.reward_model import pool
+
+    hidden = torch.tensor([[[1.0], [2.0], [3.0], [5.0], [100.0]]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    assert pool(hidden, mask, "mean").item() == pytest.approx(2.75)
+    assert pool(hidden, mask, "response", torch.tensor([2])).item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="response_start"):
+        pool(hidden, mask, "response")
+
+
+@pytest.mark.parametrize("prompt, response", [
+    ([{"role": "user", "content": "Name a fruit."}], [{"role": "assistant", "content": "A ripe banana."}]),
+    ([{"role": "user", "content": "Name a fruit."}], "A ripe banana."),
+    ("Name a fruit.", [{"role": "assistant", "content": "A ripe banana."}]),
+    ("Q: Name a fruit.\nA:", " A ripe banana."),
+])
+def test_response_start_is_where_the_response_begins(tokenizer, prompt, response):
+    """The tokens before response_start render the prompt (the template's assistant header included), the tokens
+    from it on the response: for chat and plain prompts, and a plain prompt with a chat response."""
+    from posttrain.stages.reward_model import reward_model_rows
+
+    (ids,), (start,) = reward_model_rows(tokenizer, [prompt], [response])
+    before, after = tokenizer.decode(ids[:start]), tokenizer.decode(ids[start:])
+    assert "Name a fruit." in before and "banana" not in before
+    assert after.lstrip().startswith("A ripe banana.")

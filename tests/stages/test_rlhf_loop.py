@@ -150,7 +150,7 @@ def test_a_sharded_launch_is_refused_before_a_model_loads(tiny_model_dir, tiny_r
     assert not (tmp_path / "ppo" / "posttrain.json").exists()
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "response", "last"])
 @pytest.mark.parametrize("prompt", ["Name a fruit.", [{"role": "user", "content": "Name a fruit."}]])
 def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt,
                                                                          pooling):
@@ -176,7 +176,7 @@ def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_m
     # 1. the reward-model stage's tokenisation of the pair, scored by the trained model
     ids, _ = tokenise_pairs([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], rm.tokenizer, 384)
     assert rm.pooling == pooling
-    trained = score_ids(rm.model, ids.chosen, rm.tokenizer.pad_token_id, 1, pooling=pooling)[0]
+    trained = score_ids(rm.model, ids.chosen, ids.chosen_start, rm.tokenizer.pad_token_id, 1, pooling=pooling)[0]
     # 2. posttrain score on a prompt/completion row
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": prompt, "completion": chosen}) + "\n")
