@@ -2,10 +2,10 @@
 
 For each preference task that ``bench/quality.py`` built (its cache's tasks/<task>/prefs_{train,heldout}.jsonl),
 every response is rendered as the reward model reads it (``reward_model_input``) and passed once through the
-frozen base; the features are the final hidden state of the last token ("last") and the mean over every token
-("mean"), the two ``posttrain rm --pooling`` choices. A Bradley-Terry probe (logistic regression without
-intercept on feature(chosen) - feature(rejected), both orders) is fitted on the training pairs at several
-regularisation strengths and scored on the held-out pairs. No LoRA and no training of the body: this says which
+frozen base; the features are the final hidden state of the last token ("last"), the mean over every token
+("mean") and the mean over the response's tokens ("response_mean"), the ``posttrain rm --pooling`` choices. A
+Bradley-Terry probe (logistic regression without intercept on feature(chosen) - feature(rejected), both orders) is
+fitted on the training pairs at several regularisation strengths and scored on the held-out pairs. No LoRA and no training of the body: this says which
 pooling carries the judge's signal before fine-tuning, in a few minutes on a CPU.
 
     python bench/rm_pooling_probe.py --cache runs/quality        # after bench/quality.py has built its tasks
@@ -27,14 +27,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def features(model, tokenizer, rows: list[dict]) -> dict[str, torch.Tensor]:
     """{pooling: (pairs, 2, hidden)} final-layer features of each pair's chosen and rejected response."""
-    from posttrain.stages.reward_model import pool, reward_model_input
+    from posttrain.stages.reward_model import pool, reward_model_rows
 
     out: dict[str, list] = {"last": [], "mean": [], "response_mean": []}
     for row in rows:
         pair = {k: [] for k in out}
-        start = response_start(tokenizer, row["prompt"])
         for side in ("chosen", "rejected"):
-            ids = torch.tensor([reward_model_input(tokenizer, row["prompt"], row[side])])
+            (row_ids,), (start,) = reward_model_rows(tokenizer, [row["prompt"]], [row[side]])
+            ids = torch.tensor([row_ids])
             with torch.no_grad():
                 hidden = model.base_model(input_ids=ids).last_hidden_state.float()
             mask = torch.ones_like(ids)
@@ -44,14 +44,6 @@ def features(model, tokenizer, rows: list[dict]) -> dict[str, torch.Tensor]:
         for name in out:
             out[name].append(torch.stack(pair[name]))
     return {k: torch.stack(v) for k, v in out.items()}
-
-
-def response_start(tokenizer, prompt) -> int:
-    """How many of a rendering's leading tokens are the prompt's (the template's generation prompt included)."""
-    if isinstance(prompt, str):
-        return len(tokenizer(prompt)["input_ids"])
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(head, add_special_tokens=False)["input_ids"])
 
 
 def probe(train: torch.Tensor, held: torch.Tensor, strength: float) -> tuple[float, float]:

@@ -66,7 +66,7 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *PairCollator.STARTS]
+        self._signature_columns += [key for key in PairCollator.STARTS if key not in self._signature_columns]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -74,7 +74,7 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
         # reading the body directly would bypass
         with self.accelerator.autocast():
             rewards = sequence_rewards(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"],
-                                       self.pooling, inputs["response_start"])
+                                       self.pooling, inputs.get("response_start"))
         chosen, rejected = rewards.chunk(2)  # TRL's collator stacks all chosen rows, then all rejected
         out = bradley_terry_loss(chosen, rejected, inputs.get("margin"))
         self._metrics[mode]["accuracy"].append(out.accuracy.item())
@@ -85,7 +85,8 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
 
 class PairCollator:
     """TRL's preference collator, plus ``response_start`` (2 * pairs,): where each row's response begins, in the
-    collator's order (every chosen row, then every rejected one)."""
+    collator's order (every chosen row, then every rejected one), for rows that carry their starts (PairIds.rows);
+    rows TRL tokenised itself have none, and only "response" pooling needs them (it then names what is missing)."""
 
     STARTS = ("chosen_start", "rejected_start")
 
@@ -94,7 +95,8 @@ class PairCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate([{k: v for k, v in e.items() if k not in self.STARTS} for e in examples])
-        batch["response_start"] = torch.tensor([e[key] for key in self.STARTS for e in examples])
+        if all(key in examples[0] for key in self.STARTS):
+            batch["response_start"] = torch.tensor([e[key] for key in self.STARTS for e in examples])
         return batch
 
 

@@ -99,11 +99,14 @@ def running_head(head: torch.nn.Module) -> torch.nn.Module:
 
 
 def head_in_fp32(model) -> None:
-    """Keep the trained scalar head in float32. TRL's trainers cast every trainable parameter of a quantized (QLoRA)
-    model to bf16, the head included; rewards are read from the head's output and compared by their differences,
-    which bf16 rounds to ~1% of their size (see :func:`sequence_rewards`)."""
+    """Keep the scalar head in float32, whatever the body's dtype (bf16 on a GPU; TRL's trainers also cast every
+    trainable parameter of a quantized, QLoRA, model to bf16, the head included): rewards are read from the head's
+    output and compared by their differences, which bf16 rounds to ~1% of their size (see :func:`sequence_rewards`).
+    Training, ``posttrain score`` and the RL stage (which loads the head from its file in fp32) so read the same
+    head. Parameters DeepSpeed ZeRO-3 has partitioned are left to it: their ``.data`` is a placeholder."""
     for param in running_head(body_and_head(model)[1]).parameters():
-        param.data = param.data.float()
+        if not hasattr(param, "ds_id"):
+            param.data = param.data.float()
 
 
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
@@ -211,5 +214,6 @@ def load_reward_model(folder: str | Path, device: torch.device | None = None, dt
         raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
                          "make one with `posttrain rm`.")
     loaded = load_model(str(folder), task="seq_cls", dtype=dtype, device=device)
+    head_in_fp32(loaded.model)
     loaded.model.eval()
     return RewardModel(loaded.model, loaded.tokenizer, loaded.base_model, checkpoint_pooling(folder))

@@ -281,7 +281,37 @@ def test_response_start_is_where_the_response_begins(tokenizer, prompt, response
     from it on the response: for chat and plain prompts, and a plain prompt with a chat response."""
     from posttrain.stages.reward_model import reward_model_rows
 
+    from posttrain.data import render_prompt
+
     (ids,), (start,) = reward_model_rows(tokenizer, [prompt], [response])
-    before, after = tokenizer.decode(ids[:start]), tokenizer.decode(ids[start:])
-    assert "Name a fruit." in before and "banana" not in before
-    assert after.lstrip().startswith("A ripe banana.")
+    plain = isinstance(prompt, str) and isinstance(response, str)
+    messages = prompt if plain or isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    assert ids[:start] == tokenizer(render_prompt(tokenizer, messages), add_special_tokens=plain)["input_ids"]
+    assert tokenizer.decode(ids[start:]).lstrip().startswith("A ripe banana.")
+
+
+def test_the_pair_collator_puts_each_rows_response_start_in_the_batchs_order(tokenizer):
+    """TRL's collator stacks every chosen row, then every rejected one; the starts follow in the same order."""
+    from posttrain.stages.reward import PairCollator
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    collate = PairCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
+    rows = [{"chosen_ids": [1, 2, 3], "rejected_ids": [1, 4], "chosen_start": 1, "rejected_start": 2},
+            {"chosen_ids": [5, 6, 7, 8], "rejected_ids": [5, 9, 9], "chosen_start": 3, "rejected_start": 4}]
+    batch = collate(rows)
+    assert batch["input_ids"][:, 0].tolist() == [1, 5, 1, 5]
+    assert batch["response_start"].tolist() == [1, 3, 2, 4]
+    assert "response_start" not in collate([{k: v for k, v in r.items() if "start" not in k} for r in rows])
+
+
+def test_a_loaded_reward_models_head_is_fp32_on_a_bf16_body(tiny_model_dir, tmp_path):
+    """`posttrain score` reads the head in fp32 as training and the RL stage do, also where the body loads in bf16
+    (a GPU)."""
+    from posttrain.stages.reward_model import body_and_head, running_head
+
+    data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(8))
+    folder = run_reward(rm_config(tiny_model_dir, data, tmp_path / "rm", "response", max_steps=1, eval_split=0.0))
+    rm = load_reward_model(folder, device=torch.device("cpu"), dtype=torch.bfloat16)
+    head = running_head(body_and_head(rm.model)[1])
+    assert {p.dtype for p in head.parameters()} == {torch.float32}
+    assert rm.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
