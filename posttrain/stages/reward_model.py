@@ -14,10 +14,10 @@ instead puts the LoRA matrices on its own copy of the base as one more adapter a
 reward_head.safetensors, so the reward model costs no second copy of the base weights.
 
 The reward of a prompt + response is the head applied to one pooled hidden state (see :func:`pool`): the mean
-over the response's tokens ("response"), over every token of the rendering ("mean", the default: it generalised
-better from small preference sets, README: Quality on data we did not write) or the last token's ("last", what TRL
-and transformers' sequence classifiers read; checkpoints without ``reward_pooling`` are read so), in training, in
-``score`` and in the RL stage alike.
+over the response's tokens ("response", the default), over every token of the rendering ("mean") or the last
+token's ("last", what TRL and transformers' sequence classifiers read; checkpoints without ``reward_pooling`` are
+read so), in training, in ``score`` and in the RL stage alike. The means generalised better than the last token from
+small preference sets, and the response's alone pays less for length (README: Quality on data we did not write).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_reward_loss_is_bradley_terry_with_margin(tiny_model_dir, tmp_path, monk
     assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2)
     monkeypatch.undo()
 
-    # and with the model's own rewards, read as the config says (mean pooling, the default), the trainer's loss is
+    # and with the model's own rewards, read as the config says (mean pooling here), the trainer's loss is
     # -log sigmoid(r_chosen - r_rejected - margin); the other poolings' rewards give other losses
     trainer.model.eval()
     with torch.no_grad():
