@@ -62,7 +62,7 @@ class PairwiseRewardTrainer(trl.RewardTrainer):
         super().__init__(*args, **kwargs)
         self.pooling = pooling  # "mean", "response" or "last" (reward_model.pool), the config's
         self.data_collator = PairCollator(self.data_collator)
-        head_in_fp32(self.model)  # undo TRL's bf16 cast of a quantized model's head, before the optimizer exists
+        head_in_fp32(self.model)  # also undoes TRL's bf16 cast of a quantized model's head; before the optimizer exists
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
