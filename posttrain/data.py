@@ -414,15 +414,23 @@ def render_prompt(tokenizer, prompt: list[dict[str, str]] | str) -> str:
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def paired_prompt(prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str) -> list[dict[str, str]] | str:
+    """The prompt as :func:`render_response` renders it beside ``response``: plain text when both are plain text,
+    else chat messages (a plain prompt becomes one user turn)."""
+    if isinstance(prompt, str):
+        return prompt if isinstance(response, str) else [{"role": "user", "content": prompt}]
+    return list(prompt)
+
+
 def render_response(tokenizer, prompt: list[dict[str, str]] | str, response: list[dict[str, str]] | str) -> str:
     """Prompt and response as one text, as a reward model or DPO reads them.
 
     A conversational prompt gets the chat template over prompt + response (a string response becomes one
     assistant turn); a plain-text prompt and response are joined as they are.
     """
-    if isinstance(prompt, str) and isinstance(response, str):
+    messages = paired_prompt(prompt, response)
+    if isinstance(messages, str):
         return prompt + response
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     messages += [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
     with chat_template_errors("the data", _where(messages)):
         return tokenizer.apply_chat_template(messages, tokenize=False)

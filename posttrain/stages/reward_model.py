@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from posttrain.data import encode_response, render_prompt
+from posttrain.data import encode_response, paired_prompt, render_prompt
 from posttrain.models import ModelError, is_adapter_folder, load_model
 from posttrain.padding import pad
 
@@ -144,9 +144,8 @@ def response_start(tokenizer, prompt, response, ids: list[int]) -> int:
     """Where the response begins in ``ids`` (the :func:`reward_model_input` of prompt and response): the length of
     the prefix ``ids`` shares with the prompt rendered alone (a chat prompt with the template's generation prompt),
     so a token the tokenizer merged across the boundary counts as the response's; at least one token is left."""
-    plain = isinstance(prompt, str) and isinstance(response, str)
-    head = render_prompt(tokenizer, prompt if plain or not isinstance(prompt, str) else [{"role": "user", "content": prompt}])
-    prefix = tokenizer(head, add_special_tokens=plain)["input_ids"]
+    head = paired_prompt(prompt, response)
+    prefix = tokenizer(render_prompt(tokenizer, head), add_special_tokens=isinstance(head, str))["input_ids"]
     shared = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), min(len(prefix), len(ids)))
     return min(shared, len(ids) - 1)
 
