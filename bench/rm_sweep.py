@@ -5,8 +5,9 @@
 
 Each run is `python -m posttrain.cli rm --data TASK/prefs_train.jsonl --seed S FLAGS` in its own process,
 then measured as bench/quality.py measures it (TASK/prefs_heldout.jsonl, read the way `posttrain score`
-reads it). `--jobs` runs go at once (on a GPU they share it). The results file is rewritten after every run,
-so a sweep cut short keeps what finished; runs go setting by setting, so the first settings finish first.
+reads it). `--jobs` runs go at once (on a GPU they share it), each with its share of the CPU cores as torch threads
+(`--threads`). The results file is rewritten after every run, so a sweep cut short keeps what finished, and a sweep
+into the same file again runs only what is missing; runs go setting by setting, so the first settings finish first.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def measure(folder: str, heldout: str) -> None:
     print(json.dumps({"heldout_accuracy": ev.posttrain_rm_accuracy(folder, read_jsonl(Path(heldout)))}))
 
 
-def one_run(task: Path, seed: int, name: str, flags: str, work: Path) -> dict:
+def one_run(task: Path, seed: int, name: str, flags: str, work: Path, threads: int) -> dict:
     output = work / name / task.name / f"s{seed}"
-    record = {"setting": name, "flags": flags, "task": task.name, "seed": seed}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    record = {"setting": name, "flags": flags, "task": task.name, "seed": seed, "threads": threads}
+    # one share of the cores per run: with --jobs 2 on 2 cores, two runs of 2 threads each were 3-6x slower
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.time()
     train = [sys.executable, "-m", "posttrain.cli", "rm", "--data", str(task / "prefs_train.jsonl"),
              "--output", str(output), "--seed", str(seed), *shlex.split(flags)]
@@ -75,6 +78,14 @@ def summary(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished(out: Path, tasks: str) -> list[dict]:
+    """The runs an earlier sweep into the same results file finished (on the same tasks): they are not repeated."""
+    if not out.is_file():
+        return []
+    earlier = json.loads(out.read_text())
+    return [r for r in earlier.get("runs", []) if "error" not in r] if earlier.get("tasks") == tasks else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=str(REPO / "runs" / "quality" / "full" / "tasks"),
@@ -84,6 +95,8 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=FLAGS",
                         help="a named set of `posttrain rm` flags ('default=' for none); repeat for each")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per run (default: the machine's cores shared among --jobs)")
     parser.add_argument("--work", default=str(REPO / "runs" / "rm_sweep"), help="where checkpoints and logs go")
     parser.add_argument("--out", default=str(HERE / "results" / "rm_sweep.json"))
     parser.add_argument("--machine", default="", help="what ran it, written into the results")
@@ -98,12 +111,17 @@ def main() -> None:
     folders = [p for p in folders if not args.only or p.name in args.only]
     if not folders:
         raise SystemExit(f"rm_sweep: no task folder with prefs_train.jsonl under {args.tasks}")
-    plan = [(task, seed, name, flags) for name, flags in settings for task in folders for seed in args.seeds]
-    out, runs = Path(args.out), []
+    out = Path(args.out)
+    runs = finished(out, args.tasks)
+    done_keys = {(r["setting"], r["task"], r["seed"]) for r in runs}
+    plan = [(task, seed, name, flags) for name, flags in settings for task in folders for seed in args.seeds
+            if (name, task.name, seed) not in done_keys]
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     results = {"date": str(date.today()), "machine": args.machine, "tasks": args.tasks, "runs": runs}
-    print(f"rm_sweep: {len(plan)} runs, {args.jobs} at a time", flush=True)
+    print(f"rm_sweep: {len(plan)} runs, {args.jobs} at a time, {threads} thread(s) each"
+          + (f"; {len(runs)} finished runs kept from {out}" if runs else ""), flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        for done in as_completed([pool.submit(one_run, *job, Path(args.work)) for job in plan]):
+        for done in as_completed([pool.submit(one_run, *job, Path(args.work), threads) for job in plan]):
             record = done.result()
             runs.append(record)
             print("rm_sweep: " + json.dumps({k: v for k, v in record.items() if k != "error"}), flush=True)
