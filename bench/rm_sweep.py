@@ -113,9 +113,9 @@ def main() -> None:
         raise SystemExit(f"rm_sweep: no task folder with prefs_train.jsonl under {args.tasks}")
     out = Path(args.out)
     runs = finished(out, args.tasks)
-    done_keys = {(r["setting"], r["task"], r["seed"]) for r in runs}
+    done_keys = {(r["setting"], r["flags"], r["task"], r["seed"]) for r in runs}  # a name given new flags reruns
     plan = [(task, seed, name, flags) for name, flags in settings for task in folders for seed in args.seeds
-            if (name, task.name, seed) not in done_keys]
+            if (name, flags, task.name, seed) not in done_keys]
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     results = {"date": str(date.today()), "machine": args.machine, "tasks": args.tasks, "runs": runs}
     print(f"rm_sweep: {len(plan)} runs, {args.jobs} at a time, {threads} thread(s) each"
