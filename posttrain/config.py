@@ -242,6 +242,11 @@ class DPOConfig:
     beta: float = doc(0.1, "Strength of the implicit KL leash to the reference.", valid=POSITIVE)
     loss_type: str = doc("sigmoid", "DPO loss variant by TRL name: sigmoid, ipo, hinge, robust, ...")
     label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / cDPO losses).", valid=Range(0, 0.5))
+    precompute_ref: bool = doc(True, "Compute the reference's log-probs of every pair once, in one pass before "
+                                     "training, instead of a reference forward in every step (TRL's "
+                                     "precompute_ref_log_probs): the same losses, steps about a third shorter on a CPU. "
+                                     "One process only: under FSDP and DeepSpeed the model is placed only when "
+                                     "training starts, and TRL 1.16's precomputing works on a single process.")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 5e-4 (LoRA-sized) at "
                                  "batch 4 for one epoch and at least 100 optimizer steps (a few hundred pairs get 2-3 "

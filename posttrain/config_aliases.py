@@ -118,6 +118,7 @@ TRAINER = {
     "lora_alpha": Alias("lora.alpha"),
     "lora_dropout": Alias("lora.dropout"),
     "lora_target_modules": Alias("lora.target_modules", _joined),
+    "precompute_ref_log_probs": Alias("precompute_ref"),  # TRL DPOConfig
 }
 
 # TRL GRPOConfig / PPOConfig / RLOOConfig names with an obvious home in posttrain's RL stage

@@ -158,6 +158,17 @@ class ReferenceKLCallback(TrainerCallback):
 # ---------------------------------------------------------------------------------------------
 
 
+def reference_each_step(args) -> str:
+    """Why the launch of ``args`` cannot precompute the reference's log-probs ('' when it can)."""
+    kind = getattr(args.distributed_state.distributed_type, "value", "")
+    if kind in ("FSDP", "DEEPSPEED"):  # the precomputing pass runs in the trainer's constructor
+        return f"{kind} places the model only when training starts"
+    if args.world_size > 1:
+        return ("TRL 1.16 keeps the precomputed log-probs in a temporary file that each process names differently, "
+                "so they run on one process only")
+    return ""
+
+
 @dataclass
 class DPOSetup:
     trainer: trl.DPOTrainer
@@ -203,7 +214,12 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
     # base weights, built where the trainer expects them
     args = trl_config(trl.DPOConfig, config, has_eval=bool(held_rows), rows=len(train_rows),
                       checkpointing=gradient_checkpointing("dpo", config),
-                      beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing)
+                      beta=config.beta, loss_type=losses, label_smoothing=config.label_smoothing,
+                      precompute_ref_log_probs=config.precompute_ref)
+    reason = args.precompute_ref_log_probs and reference_each_step(args)
+    if reason:
+        args.precompute_ref_log_probs = False
+        log(f"the reference's log-probs are computed in every step, not once before training: {reason}")
     device, dtype = trainer_placement(args, train)
     if is_adapter_folder(config.model):
         model, _, base_name = load_trainable(config.model, config.lora, adapter_name=POLICY_ADAPTER, device=device,

@@ -127,6 +127,45 @@ def test_dpo_from_an_sft_adapter(sft_dir, tiny_model_dir, tmp_path, samples):
     assert (folder / "dpo.png").is_file() and (folder / "README.md").is_file()
 
 
+def test_precomputed_reference_log_probs_are_the_reference_and_train_the_same(tiny_model_dir, tmp_path, samples):
+    # fp32: the precomputing pass (batches in data order) and the in-step one (shuffled batches) are comparable
+    def build(precompute: bool, folder: str):
+        config = dpo_config(tiny_model_dir, samples / "preferences.jsonl", tmp_path / folder, max_steps=3, lr=5e-3,
+                            precision="fp32", warmup_ratio=0.0)
+        config.precompute_ref = precompute
+        return build_dpo_trainer(config).trainer
+
+    ahead = build(True, "precomputed")
+    assert ahead.precompute_ref_logps and {"ref_chosen_logps", "ref_rejected_logps"} <= set(ahead.train_dataset.column_names)
+    ahead.train()
+    # after training, each batch still carries the reference's log-probs (adapters off), not the trained policy's
+    batch = next(iter(ahead.get_train_dataloader()))
+    stored = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+    torch.testing.assert_close(stored, reference_logps(ahead, batch), rtol=0, atol=1e-4)
+    assert not torch.allclose(stored, completion_logps(ahead.model.eval(), batch), atol=1e-2)
+
+    each_step = build(False, "each-step")
+    assert "ref_chosen_logps" not in each_step.train_dataset.column_names
+    each_step.train()
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (ahead, each_step)]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+    trained = [{n: p.detach() for n, p in t.model.named_parameters() if "lora_B" in n} for t in (ahead, each_step)]
+    assert max(v.abs().max().item() for v in trained[0].values()) > 1e-3
+    assert all(torch.allclose(trained[0][n], trained[1][n], atol=1e-5) for n in trained[0])
+
+
+def test_precompute_ref_takes_trls_name_and_is_off_where_the_launch_cannot(tiny_model_dir, tmp_path, samples, monkeypatch):
+    from posttrain.config import load_config
+    from posttrain.stages import dpo
+
+    config = load_config(DPOConfig, None, {"data": "x.jsonl", "output": "out", "precompute_ref_log_probs": "false"})
+    assert config.precompute_ref is False
+    monkeypatch.setattr(dpo, "reference_each_step", lambda args: "FSDP places the model only when training starts")
+    setup = build_dpo_trainer(dpo_config(tiny_model_dir, samples / "preferences_plain.jsonl", tmp_path / "dpo"))
+    assert not setup.trainer.precompute_ref_logps
+    assert "ref_chosen_logps" not in setup.trainer.train_dataset.column_names
+
+
 @pytest.mark.parametrize("row, problem", [
     ({"prompt": "Hi", "chosen": "Same answer.", "rejected": "Same answer."}, "identical"),
     ({"prompt": "Hi", "rejected": "An answer."}, "missing field 'chosen'"),
