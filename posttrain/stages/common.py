@@ -65,6 +65,12 @@ def gradient_checkpointing(stage: str, config: Any) -> bool:
     return checkpointing_wanted(stage, config)
 
 
+def sharding(state: Any) -> str:
+    """'FSDP' or 'DEEPSPEED' when ``state`` (an Accelerator, or accelerate's process state) shards the model, else ''."""
+    kind = getattr(getattr(state, "distributed_type", None), "value", "")
+    return kind if kind in ("FSDP", "DEEPSPEED") else ""
+
+
 def trainer_placement(args: Any, train: TrainSection) -> tuple[torch.device, torch.dtype]:
     """Where and in which dtype a TRL stage builds its model, once its TRL config (and with it accelerate's
     process state) exists.

@@ -34,6 +34,7 @@ from posttrain.stages.common import (
     loss_span,
     report_trainable,
     save_stage_files,
+    sharding,
     stage_tail,
     trainer_placement,
 )
@@ -160,8 +161,8 @@ class ReferenceKLCallback(TrainerCallback):
 
 def reference_each_step(args) -> str:
     """Why the launch of ``args`` cannot precompute the reference's log-probs ('' when it can)."""
-    kind = getattr(args.distributed_state.distributed_type, "value", "")
-    if kind in ("FSDP", "DEEPSPEED"):  # the precomputing pass runs in the trainer's constructor
+    kind = sharding(args.distributed_state)
+    if kind:  # the precomputing pass runs in the trainer's constructor
         return f"{kind} places the model only when training starts"
     if args.world_size > 1:
         return ("TRL 1.16 keeps the precomputed log-probs in a temporary file that each process names differently, "

@@ -31,7 +31,7 @@ from posttrain.config import ConfigError, RLHFConfig, require, to_dict
 from posttrain.data import load_prompts, split_holdout
 from posttrain.models import resolve_model
 from posttrain.rl import AdaptiveKLController, FixedKLController, RunningMoments, explained_variance, masked_mean
-from posttrain.stages.common import StageError, check_start, log
+from posttrain.stages.common import StageError, check_start, log, sharding
 from posttrain.stages.rlhf_monitor import Collective, Guard, HeldOut, Stops, evaluate_heldout
 from posttrain.stages.rlhf_report import sample_rows, save_best, write_final
 from posttrain.stages.rlhf_rewards import load_reward_functions, reward_sources, source_weights
@@ -165,8 +165,8 @@ def held_out_prompts(config: RLHFConfig, rows: list[dict]) -> tuple[list[dict], 
 def refuse_sharded(accelerator) -> None:
     """The RL stage runs data parallel: every process holds the whole model. Under FSDP or DeepSpeed the rollouts
     would sample from sharded weights, which the stage does not gather yet, so it stops before loading anything."""
-    kind = getattr(getattr(accelerator, "distributed_type", None), "value", "")
-    if kind in ("FSDP", "DEEPSPEED"):
+    kind = sharding(accelerator)
+    if kind:
         raise StageError(f"posttrain rlhf does not run under {kind} yet (its rollouts would sample from sharded "
                          "weights): launch it data parallel, `accelerate launch --config_file configs/accelerate/ddp.yaml "
                          "-m posttrain.cli rlhf ...`; where the base does not fit on one GPU, --quantization 4bit (QLoRA) "
