@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
 from posttrain.data_hub import data_options
+from posttrain.lm_head import LEAN_OUTPUTS, use_lean_lm_head
 from posttrain.memory import check_quantization
 from posttrain.models import is_adapter_folder, load_model, lora_config, model_tokenizer
 from posttrain.padding import pad
@@ -170,6 +171,21 @@ def reference_each_step(args) -> str:
     return ""
 
 
+class DPOTrainer(trl.DPOTrainer):
+    """TRL's DPOTrainer, with its fused LM head answered by `posttrain.lm_head` where TRL has no kernel for it.
+
+    The head is swapped before the reference's log-probs are precomputed (a pass TRL makes in its constructor)
+    and again, to the same effect, after construction for runs that compute them in every step.
+    """
+
+    def _precompute_ref_logps(self, *args, **kwargs):
+        self.lean_lm_head()
+        return super()._precompute_ref_logps(*args, **kwargs)
+
+    def lean_lm_head(self) -> bool:
+        return use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))
+
+
 @dataclass
 class DPOSetup:
     trainer: trl.DPOTrainer
@@ -237,7 +253,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         f"reference: {reference}")
 
     recorder = MetricsRecorder()
-    trainer = trl.DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
@@ -246,6 +262,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         peft_config=peft_config,
         callbacks=[recorder],
     )
+    trainer.lean_lm_head()
     if held_rows:
         trainer.add_callback(ReferenceKLCallback(kl_batches(held_rows[:KL_ROWS], tokenizer, train.max_length), recorder))
     counts = {"pairs": len(rows), "pairs_over_max_length": over, "pairs_prompt_fills_max_length": prompt_full,

@@ -154,6 +154,22 @@ def test_precomputed_reference_log_probs_are_the_reference_and_train_the_same(ti
     assert all(torch.allclose(trained[0][n], trained[1][n], atol=1e-5) for n in trained[0])
 
 
+def test_on_the_cpu_neither_the_precompute_nor_training_runs_trls_fused_head(tiny_model_dir, tmp_path, samples, monkeypatch):
+    # TRL's head projects every position with about ten passes over each logits tile where it has no Triton
+    # kernel; the stage answers its calls with posttrain.lm_head (tests/test_lm_head.py: the same values)
+    import trl.trainer.utils as trl_utils
+
+    def trl_head(*args):
+        raise AssertionError("TRL's fused head ran on the CPU")
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", trl_head)
+    trainer = build_dpo_trainer(dpo_config(tiny_model_dir, samples / "preferences.jsonl", tmp_path / "dpo")).trainer
+    assert trainer.precompute_ref_logps and "ref_chosen_logps" in trainer.train_dataset.column_names
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
+
+
 def test_precompute_ref_takes_trls_name_and_is_off_where_the_launch_cannot(tiny_model_dir, tmp_path, samples, monkeypatch):
     from posttrain.config import load_config
     from posttrain.stages import dpo

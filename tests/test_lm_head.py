@@ -1,0 +1,97 @@
+"""The lean LM head against a plain log_softmax and against TRL's fused head, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain import lm_head
+from posttrain.lm_head import CompactLogProbs, use_lean_lm_head
+
+
+def test_compact_log_probs_match_a_full_log_softmax_and_its_gradients(monkeypatch):
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 100)  # vocabulary 40: 2 rows a chunk, so 7 rows take 4 chunks
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(7, 8), torch.randn(40, 8), torch.randn(40)
+    targets = torch.randint(0, 40, (7,))
+    targets[0] = (hidden[0] @ weight.t() + bias).argmax()  # one row whose label is the top token
+    upstream = torch.randn(7)  # d loss / d log p, different for every row
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        out = fn(*leaves)
+        (out[0] * upstream).sum().backward()
+        return [o.detach() for o in out], [t.grad for t in leaves]
+
+    def plain(h, w, b):
+        logits = h @ w.t() + b
+        logp = torch.log_softmax(logits, -1)
+        return (logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1), logits.mean(-1),
+                logits.argmax(-1) == targets)
+
+    (ours, ours_grads), (want, want_grads) = grads(lambda h, w, b: CompactLogProbs.apply(h, w, b, targets)), grads(plain)
+    for got, expected in zip(ours, want):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert ours[3][0] and not ours[3].all()
+    for got, expected in zip(ours_grads, want_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture()
+def trl_patched(tiny_model_dir):
+    """The tiny model with TRL's fused head (as DPOTrainer adds it, fp32, on the CPU) under a random LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=lm_head.LEAN_OUTPUTS)
+    # init_lora_weights=False: B is random too, so the adapter changes the hidden states and A gets a gradient
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+
+
+def fused_call(model, labels_from: int):
+    """Fields and LoRA gradients of one ``fused_lm_head=True`` call: 2 rows, one padded, labels from a position on."""
+    torch.manual_seed(1)
+    ids = torch.randint(10, 1000, (2, 12))
+    attention = torch.ones_like(ids)
+    attention[1, -3:] = 0
+    labels = ids.masked_fill(attention == 0, -100)
+    labels[:, :labels_from] = -100
+    model.zero_grad()
+    out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+    (out.log_probs.sum() + out.loss).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.mark.parametrize("labels_from", [5, 12])  # 12: every label masked, a batch of prompt only
+def test_lean_head_answers_trls_fused_call_as_trls_head_does(trl_patched, monkeypatch, labels_from):
+    import trl.trainer.utils as trl_utils
+
+    model = trl_patched
+    trl_out, trl_grads = fused_call(model, labels_from)
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(10, 16)[None]).logits  # the unfused forward, for generation
+    assert use_lean_lm_head(model) and use_lean_lm_head(model)  # installs once; the second call finds it
+
+    def trl_head(*args):
+        raise AssertionError("TRL's fused head ran on the CPU")
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", trl_head)
+    out, grads = fused_call(model, labels_from)
+    for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
+        torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
+    assert set(grads) == set(trl_grads) and any(g.abs().max() > 0 for g in grads.values()) == (labels_from < 12)
+    for name in grads:
+        torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=torch.arange(10, 16)[None]).logits, logits)
+
+
+def test_lean_head_stays_out_where_it_would_not_answer_the_same(trl_patched):
+    assert not use_lean_lm_head(trl_patched, lm_head.LEAN_OUTPUTS + ("log_sum_sq_probs",))  # WPO weighting
+    trl_patched.get_base_model().config.final_logit_softcapping = 30.0
+    assert not use_lean_lm_head(trl_patched)
