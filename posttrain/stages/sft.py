@@ -10,6 +10,7 @@ from datasets import Dataset
 from posttrain.config import SFTConfig, require, to_dict
 from posttrain.data import load_sft, split_holdout, tokenise_sft
 from posttrain.data_hub import data_options
+from posttrain.lm_head import use_lean_lm_head
 from posttrain.memory import check_quantization
 from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
@@ -77,6 +78,7 @@ def run_sft(config: SFTConfig) -> Path:
         processing_class=tokenizer,
         callbacks=[recorder],
     )
+    use_lean_lm_head(trainer.model, ("log_probs", "entropy", "is_top1"))  # where TRL's fused head has no kernel
 
     # 4. train
     result = run_trainer(trainer, output, resume_from)

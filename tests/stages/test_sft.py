@@ -219,3 +219,36 @@ def test_real_default_model_smoke(tmp_path):
     assert json.loads((output / "posttrain.json").read_text())["base_model"] == "smollm2-135m-instruct"
     answer = run_chat(ChatConfig(model=str(output), prompt="What is the capital of France?", max_new_tokens=12, temperature=0))
     assert answer.strip()
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_on_the_cpu_sft_trains_as_with_trls_fused_head_without_running_it(tiny_model_dir, tmp_path, monkeypatch, packing):
+    # posttrain.lm_head answers TRL's fused-head calls on the CPU (TRL's own head projects every position there);
+    # fp32, same seed and data: the same losses and adapter as with TRL's head
+    import trl.trainer.utils as trl_utils
+
+    data = write_rows(tmp_path / "rows.jsonl", 12)
+
+    def run(folder: str):
+        config = sft_config(tmp_path, tiny_model_dir, data, **{"packing": packing, "train.lr": 1e-2, "train.precision": "fp32",
+                                                               "train.eval_split": 0.25, "output": str(tmp_path / folder)})
+        output = sft_stage.run_sft(config)
+        metrics = json.loads((output / "metrics.json").read_text())
+        losses = [h["loss"] for h in metrics["history"] if "loss" in h] + [metrics["final"]["eval_loss"]]
+        from safetensors.torch import load_file
+
+        return losses, load_file(output / "adapter_model.safetensors")
+
+    with monkeypatch.context() as trl_head:
+        trl_head.setattr(sft_stage, "use_lean_lm_head", lambda *args: False)
+        trl_losses, trl_adapter = run("trl-head")
+
+    def refuse(*args):
+        raise AssertionError("TRL's fused head ran on the CPU")
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", refuse)
+    losses, adapter = run("lean-head")
+    assert len(losses) == 4 and losses == pytest.approx(trl_losses, abs=1e-5)
+    assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in adapter.items() if "lora_B" in n)
+    for name in adapter:
+        torch.testing.assert_close(adapter[name], trl_adapter[name], rtol=1e-4, atol=1e-6)
