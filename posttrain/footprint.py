@@ -37,7 +37,10 @@ TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768
 # fp32 tiles alive at once: on a CPU its torch fold keeps the product, its scaled copy, z, log p, p, the gradient and
 # three temporaries of `grad_logprobs * (is_target - p)` in the backward pass; on a GPU its Triton kernel folds in place
 TRL_TILES = {"cpu": 9, "cuda": 2}
-EAGER_ATTENTION_MAX_LEN = 256  # the RL stage's own switch (stages/rlhf_roles.py): eager attention on a CPU up to here
+# posttrain.lm_head, which answers TRL's head on a CPU, projects chunks of ROWS x VOCAB with ROWS x VOCAB at most this
+# many elements (lm_head.CHUNK_ELEMENTS), and at most 3 fp32 chunks are alive at once (logits, their softmax and
+# its product with them in the forward pass; the recomputed logits, their gradient and its bf16 copy in the backward)
+LEAN_CHUNK_ELEMENTS, LEAN_CHUNKS = 2**25, 3
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ import types
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 2**25  # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32)
+from posttrain.footprint import LEAN_CHUNK_ELEMENTS
+
+# logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
+CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
 TRITON_DEVICES = ("cuda", "xpu")  # where TRL's fused head runs its own kernel, over the completion only
 
 

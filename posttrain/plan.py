@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from posttrain.attention import attention_for
 from posttrain.footprint import (
-    EAGER_ATTENTION_MAX_LEN,
     FIT_SHARE,
+    LEAN_CHUNK_ELEMENTS,
+    LEAN_CHUNKS,
     GiB,
     TRL_TILE_TOKENS,
     TRL_TILE_VOCAB,
@@ -90,7 +92,7 @@ def estimate(stage: str, config: Any, device: str, *, runtime: int | None = None
 
 
 def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool):
-    """SFT, reward model and DPO on TRL's trainers: one trained adapter; sdpa attention; rows as long as
+    """SFT, reward model and DPO on TRL's trainers: one trained adapter; rows as long as
     train.max_length. DPO and the reward model run chosen and rejected rows in one batch (2 x batch_size)."""
     train, lora = config.train, config.lora
     precision = train.precision if train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
@@ -104,8 +106,8 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
     # peft casts each adapter's input to fp32, then autocast back: a copy per adapter, as dropout's output is
     copies = lora.dropout > 0 or act == 2
     mask = (act if device == "cpu" else 1) if lora.dropout > 0 else 0
-    per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=copies, mask=mask, attention="sdpa",
-                            seq=train.max_length)
+    per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=copies, mask=mask,
+                            attention=attention_for(device, train.max_length, "sdpa"), seq=train.max_length)
     lora_params = shape.lora_params(r, targets)
     quant = f", {train.quantization}" if train.quantization != "none" else ""
     items = {
@@ -116,11 +118,15 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
             _activations(shape, tokens, per_layer, act, checkpointing),
     }
     if stage != "rm":  # the reward model reads one hidden state per row, never the vocabulary
-        # TRL's fused LM head: tiles of the logits, never the whole (tokens, vocab) at once (see footprint)
-        tile = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab, TRL_TILE_VOCAB) * 4
-        items["logits (fused LM head tiles)"] = TRL_TILES[device] * tile
+        # never the whole (tokens, vocab) logits at once: TRL's fused LM head takes tiles of them on a GPU, and
+        # posttrain.lm_head chunks of rows on a CPU (see footprint)
         if device == "cpu":
-            items["allocator: the previous step's freed peak (CPU)"] = TRL_TILES[device] * tile
+            chunk = min(tokens * shape.vocab, max(LEAN_CHUNK_ELEMENTS, shape.vocab)) * 4
+            items["logits (posttrain.lm_head chunks)"] = LEAN_CHUNKS * chunk
+            items["allocator: the previous step's freed peak (CPU)"] = LEAN_CHUNKS * chunk
+        else:
+            tile = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab, TRL_TILE_VOCAB) * 4
+            items["logits (fused LM head tiles)"] = TRL_TILES[device] * tile
     if stage == "dpo" and Path(config.model, "adapter_config.json").is_file():
         items["adapters (fp32)"] *= 2  # TRL's frozen copy "ref" of the SFT adapter, the reference
     notes = [f"{shape.params / 1e6:.1f} M base parameters, {lora_params / 1e6:.2f} M LoRA (r={r}, {targets}); "
@@ -148,7 +154,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     prompt = min(prompt_tokens or rollout.max_prompt_length, rollout.max_prompt_length)
     width = prompt + rollout.max_new_tokens
     rows = ppo.minibatch_size * (2 if critic else 1)  # policy and critic rows stacked in one pass
-    attention = "eager" if device == "cpu" and width <= EAGER_ATTENTION_MAX_LEN else "sdpa"
+    attention = attention_for(device, width, "sdpa")
     per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=False, mask=0, attention=attention, seq=width)
     graph = _activations(shape, rows * width, per_layer, act, checkpointing)
     # the policy's log-probs: bf16 logits, their fp32 copy over the temperature kept for the backward pass, and the

@@ -3,6 +3,7 @@ stage can take them as ``--model``."""
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -68,3 +69,23 @@ def tiny_model_dir(tmp_path_factory, real_tokenizer_dir):
 @pytest.fixture()
 def samples() -> Path:
     return SAMPLES
+
+
+@pytest.fixture()
+def kernels(monkeypatch):
+    """Counts of the attention kernels the tiny Llama's layers call, by name ("sdpa", "eager")."""
+    import transformers.models.llama.modeling_llama as llama
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = collections.Counter()
+    sdpa, eager = ALL_ATTENTION_FUNCTIONS["sdpa"], llama.eager_attention_forward
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", counted("sdpa", sdpa))
+    monkeypatch.setattr(llama, "eager_attention_forward", counted("eager", eager))
+    return calls

@@ -96,7 +96,7 @@ def test_plan_command_prints_every_part_and_the_advice_when_it_will_not_fit(tiny
     assert main(["plan", "sft", "--model", str(tiny_model_dir), "--device", "cpu", "--memory", "0.01"]) == 0
     out = capsys.readouterr().out
     for part in ("runtime", "base weights (fp32)", "adapters (fp32)", "adapter gradients + AdamW",
-                 "activations (4 rows x 512 tokens, checkpointing off)", "logits (fused LM head tiles)"):
+                 "activations (4 rows x 512 tokens, checkpointing off)", "logits (posttrain.lm_head chunks)"):
         assert part in out
     assert "will not fit" in out and "--gradient_checkpointing true" in out and "--train.max_length 256" in out
 

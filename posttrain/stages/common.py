@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from posttrain.atomic import write_atomic
+from posttrain.attention import eager_attention_when_short
 from posttrain.config import LoraSection, TrainSection, save_config, to_dict
 from posttrain.models import (
     METADATA_FILE,
@@ -241,7 +242,7 @@ def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "defa
     A plain model gets a fresh LoRA adapter, initialised from ``seed`` when given (so runs repeat). A posttrain
     adapter checkpoint (for example an SFT output) is loaded on its base with its adapter trainable, so
     training continues from it. ``device``, ``dtype``: see :func:`trainer_placement`; ``quantization``: the base
-    through bitsandbytes (QLoRA).
+    through bitsandbytes (QLoRA). On a CPU its passes over short rows run eager attention (see posttrain.attention).
     """
     from transformers import set_seed
 
@@ -255,6 +256,7 @@ def load_trainable(model_name: str, lora: LoraSection, adapter_name: str = "defa
     elif loaded.new_token_ids:
         log(f"{model_name} has no chat template: installed ChatML and {len(loaded.new_token_ids)} new special tokens")
     expose_head_bias(model)  # TRL's fused loss reads lm_head.bias, which peft's trainable-token wrapper hides
+    eager_attention_when_short(model)
     return model, tokenizer, base_name
 
 

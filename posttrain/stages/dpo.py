@@ -19,6 +19,7 @@ import trl
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from posttrain.attention import eager_attention_when_short
 from posttrain.config import ConfigError, DPOConfig, require, to_dict
 from posttrain.data import count_over_length, encode_response, load_preferences, render_prompt, split_holdout
 from posttrain.data_hub import data_options
@@ -172,18 +173,20 @@ def reference_each_step(args) -> str:
 
 
 class DPOTrainer(trl.DPOTrainer):
-    """TRL's DPOTrainer, with its fused LM head answered by `posttrain.lm_head` where TRL has no kernel for it.
+    """TRL's DPOTrainer, with its fused LM head answered by `posttrain.lm_head` where TRL has no kernel for it, and
+    eager attention for short rows on a CPU (`posttrain.attention`).
 
-    The head is swapped before the reference's log-probs are precomputed (a pass TRL makes in its constructor)
-    and again, to the same effect, after construction for runs that compute them in every step.
+    Both are installed on the model TRL wrapped, before the reference's log-probs are precomputed (a pass TRL makes
+    in its constructor), and again, to the same effect, after construction for runs that compute them in every step.
     """
 
     def _precompute_ref_logps(self, *args, **kwargs):
-        self.lean_lm_head()
+        self.lean_passes()
         return super()._precompute_ref_logps(*args, **kwargs)
 
-    def lean_lm_head(self) -> bool:
-        return use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))
+    def lean_passes(self) -> None:
+        use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))
+        eager_attention_when_short(self.model)
 
 
 @dataclass
@@ -262,7 +265,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         peft_config=peft_config,
         callbacks=[recorder],
     )
-    trainer.lean_lm_head()
+    trainer.lean_passes()
     if held_rows:
         trainer.add_callback(ReferenceKLCallback(kl_batches(held_rows[:KL_ROWS], tokenizer, train.max_length), recorder))
     counts = {"pairs": len(rows), "pairs_over_max_length": over, "pairs_prompt_fills_max_length": prompt_full,

@@ -15,6 +15,7 @@ import torch
 import trl
 from datasets import Dataset
 
+from posttrain.attention import eager_attention_when_short
 from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
 from posttrain.data_hub import data_options
@@ -172,6 +173,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
     lora_on_head = [n for n, _ in model.named_parameters() if "lora_" in n and any(f".{h}." in n for h in HEAD_NAMES)]
     if lora_on_head:
         raise StageError(f"LoRA landed on the reward head ({lora_on_head[0]}); exclude it from --lora.target_modules.")
+    eager_attention_when_short(model)
     return model, tokenizer, base_name
 
 

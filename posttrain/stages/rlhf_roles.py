@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from posttrain.attention import attention_for
 from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import packed_weight, position_ids, sample, swapped_weights
 from posttrain.memory import enable_gradient_checkpointing
@@ -43,7 +44,6 @@ from posttrain.stages.rlhf_lora import RowAdapters, blocks
 from posttrain.stages.rollout import Minibatch
 
 POLICY, REFERENCE, CRITIC, REWARD = "policy", "reference", "critic", "reward"
-EAGER_ATTENTION_MAX_LEN = 256
 
 
 def load_lora_weights(model, folder: Path, name: str, trainable: bool) -> None:
@@ -191,8 +191,7 @@ class Roles(nn.Module):
         # for short sequences, eager attention's backward is cheaper on a CPU than the fused kernel's (about 12%
         # of a training pass at 70 tokens); longer ones keep SDPA's linear memory. Scoring passes take the same
         # kernel as training passes, so old and new log-probs of unchanged weights agree to the last bit.
-        eager = self.device.type == "cpu" and input_ids.shape[1] <= EAGER_ATTENTION_MAX_LEN
-        self._set_attention("eager" if eager else self._attention)
+        self._set_attention(attention_for(self.device.type, input_ids.shape[1], self._attention))
         # with a bf16 base, autocast runs the fp32 adapters' products in bf16 too (their weights and gradients
         # stay fp32): about 20% off a training pass on a CPU, and no fp32 copies of the activations
         with self._autocast():

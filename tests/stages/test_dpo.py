@@ -154,9 +154,11 @@ def test_precomputed_reference_log_probs_are_the_reference_and_train_the_same(ti
     assert all(torch.allclose(trained[0][n], trained[1][n], atol=1e-5) for n in trained[0])
 
 
-def test_on_the_cpu_neither_the_precompute_nor_training_runs_trls_fused_head(tiny_model_dir, tmp_path, samples, monkeypatch):
+def test_on_the_cpu_neither_the_precompute_nor_training_runs_trls_fused_head(tiny_model_dir, tmp_path, samples, monkeypatch,
+                                                                             kernels):
     # TRL's head projects every position with about ten passes over each logits tile where it has no Triton
-    # kernel; the stage answers its calls with posttrain.lm_head (tests/test_lm_head.py: the same values)
+    # kernel; the stage answers its calls with posttrain.lm_head (tests/test_lm_head.py: the same values). The
+    # rows are short, so every pass, the precomputed reference's too, runs eager attention (tests/test_attention.py)
     import trl.trainer.utils as trl_utils
 
     def trl_head(*args):
@@ -165,9 +167,12 @@ def test_on_the_cpu_neither_the_precompute_nor_training_runs_trls_fused_head(tin
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", trl_head)
     trainer = build_dpo_trainer(dpo_config(tiny_model_dir, samples / "preferences.jsonl", tmp_path / "dpo")).trainer
     assert trainer.precompute_ref_logps and "ref_chosen_logps" in trainer.train_dataset.column_names
+    assert kernels["eager"] > 0 and not kernels["sdpa"]  # the reference's pass, in the constructor
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    kernels.clear()
     trainer.train()
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
+    assert kernels["eager"] > 0 and not kernels["sdpa"]
 
 
 def test_precompute_ref_takes_trls_name_and_is_off_where_the_launch_cannot(tiny_model_dir, tmp_path, samples, monkeypatch):

@@ -43,7 +43,8 @@ class Spy:
         return result
 
 
-def test_sft_trains_the_adapter_not_the_base_and_writes_a_full_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_sft_trains_the_adapter_not_the_base_and_writes_a_full_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys,
+                                                                         kernels):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,6 +56,7 @@ def test_sft_trains_the_adapter_not_the_base_and_writes_a_full_checkpoint(tiny_m
                                                            "train.warmup_ratio": 0, "lora.dropout": 0})
     output = sft_stage.run_sft(config)
     model = loaded.results[0][0]
+    assert kernels["eager"] > 0 and not kernels["sdpa"]  # short rows on a CPU (tests/test_attention.py)
 
     # trainable vs frozen: LoRA B starts at zero, so any non-zero B moved; the base weights are bit-identical
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
