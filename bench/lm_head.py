@@ -1,4 +1,5 @@
-"""Time the LM head of posttrain's DPO and SFT stages on the CPU against TRL's, on the default model.
+"""Time the LM head of posttrain's DPO and SFT stages on the CPU against TRL's, on the default model, and a whole
+training step with each head and each attention kernel.
 
     python bench/lm_head.py                 # 4 DPO pairs (8 rows), 10 rounds
 
@@ -10,7 +11,11 @@ which projects the completion's positions only. Both run on the same batch: pair
 has bf16 products (as the stages run), else fp32.
 
 Hidden states come from one forward of the default model; only the heads are timed, forward and backward (to the
-hidden states) separately, the two sides alternating, with their agreement. Writes bench/results/lm_head.json.
+hidden states) separately, the two sides alternating, with their agreement. Then a whole training step (forward
+and backward through the model with a fresh LoRA adapter, r=16 on all linear layers, as the stages train) is timed
+three ways, alternating: TRL's head with SDPA attention (the stages before posttrain.lm_head), the lean head with
+SDPA, and the lean head with eager attention for these short rows (the stages now; see posttrain.attention).
+Writes bench/results/lm_head.json.
 """
 
 from __future__ import annotations
@@ -79,6 +84,44 @@ def compare(sides: dict, hidden: torch.Tensor, rounds: int) -> dict:
             "grad_rel_diff": float((g_a - g_b).norm() / g_a.norm())}
 
 
+def training_steps(folder, ids, attention, labels, bf16: bool, rounds: int) -> dict:
+    """Median seconds of one forward and backward pass of the whole model, three ways, and their losses."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from posttrain.attention import eager_attention_when_short
+    from posttrain.lm_head import LEAN_OUTPUTS, use_lean_lm_head
+
+    def build(lean: bool, eager: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+        add_fused_lm_head(model, outputs=LEAN_OUTPUTS)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        if lean:
+            assert use_lean_lm_head(model)
+        if eager:
+            assert eager_attention_when_short(model)
+        return model
+
+    sides = {"trl head, sdpa": build(False, False), "lean head, sdpa": build(True, False),
+             "lean head, eager": build(True, True)}
+    times, losses = {name: [] for name in sides}, {}
+    for _ in range(rounds + 1):  # the first round warms up
+        for name, model in sides.items():
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+            out.log_probs.sum().backward()
+            times[name].append(time.perf_counter() - start)
+            losses[name] = float(out.log_probs.detach().sum())
+    median = {name: statistics.median(t[1:]) for name, t in times.items()}
+    first = median["trl head, sdpa"]
+    return {"median_s": median, "time_ratio": {name: m / first for name, m in median.items()},
+            "sum_logprob": losses}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=4)
@@ -125,6 +168,9 @@ def main() -> None:
     result["dpo_sft"] = {"precision": "bf16 autocast" if bf16 else "fp32",
                          **compare({name: fused(m) for name, m in models.items()}, hidden, args.rounds)}
     print(json.dumps(result["dpo_sft"], indent=1), flush=True)
+    result["step"] = {"precision": "bf16 autocast" if bf16 else "fp32",
+                      **training_steps(folder, ids, attention, labels, bf16, args.rounds)}
+    print(json.dumps(result["step"], indent=1), flush=True)
 
     out = HERE / "results" / "lm_head.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
