@@ -41,6 +41,15 @@ TRL_TILES = {"cpu": 9, "cuda": 2}
 # many elements (lm_head.CHUNK_ELEMENTS), and at most 3 fp32 chunks are alive at once (logits, their softmax and
 # its product with them in the forward pass; the recomputed logits, their gradient and its bf16 copy in the backward)
 LEAN_CHUNK_ELEMENTS, LEAN_CHUNKS = 2**25, 3
+# config fields that make a model's logits more than its head's product; posttrain.lm_head leaves such models to TRL
+HEAD_SCALINGS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def plain_head(text_config: dict) -> bool:
+    """Whether a model's logits are its head's product alone (no soft-capping, scaling or router loss), from its
+    text config as a dict."""
+    return (not any(text_config.get(name) not in (None, 1, 1.0) for name in HEAD_SCALINGS)
+            and not text_config.get("output_router_logits", False))
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
+    plain_head: bool = True  # see plain_head: the lean LM head can answer TRL's on a CPU
 
     @property
     def q_dim(self) -> int:
@@ -119,7 +129,7 @@ def read_shape(model: str) -> Shape:
     return Shape(layers=config["num_hidden_layers"], hidden=config["hidden_size"], intermediate=config["intermediate_size"],
                  heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
                  head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
-                 tied=bool(config.get("tie_word_embeddings", False)))
+                 tied=bool(config.get("tie_word_embeddings", False)), plain_head=plain_head(config))
 
 
 def base_bytes(shape: Shape, dtype_bytes: int, quantization: str) -> int:

@@ -24,7 +24,7 @@ import types
 import torch
 from torch import Tensor
 
-from posttrain.footprint import LEAN_CHUNK_ELEMENTS
+from posttrain.footprint import LEAN_CHUNK_ELEMENTS, plain_head
 
 # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
 CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
@@ -107,10 +107,7 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
 
 def _plain_head(config) -> bool:
     """Whether the model's logits are the head's product alone (no soft-capping, scaling or router loss)."""
-    text = config.get_text_config()
-    return not any(getattr(text, name, None) not in (None, 1, 1.0) for name in
-                   ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                    "logits_scaling")) and not getattr(text, "output_router_logits", False)
+    return plain_head(config.get_text_config().to_dict())
 
 
 LEAN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")

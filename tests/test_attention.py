@@ -64,3 +64,19 @@ def test_packed_rows_keep_their_sequences_apart_under_eager(tiny_model_dir, kern
     # and the second sequence is what it is alone
     alone = plain(input_ids=ids[:, 6:], position_ids=positions[:, 6:], use_cache=False).logits
     torch.testing.assert_close(logits[:, 6:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prepared_mask_and_a_kernel_the_user_sets_later_are_left_alone(tiny_model_dir, kernels, monkeypatch):
+    monkeypatch.setattr(attention, "EAGER_ATTENTION_MAX_LEN", 16)
+    model = lora_model(tiny_model_dir)
+    eager_attention_when_short(model)
+    ids = torch.randint(10, 1000, (2, 12))
+    # a 4-D mask built for SDPA (as generate makes one for a static cache) is read as SDPA reads it
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None].expand(2, 1, 12, 12)
+    model(input_ids=ids, attention_mask=causal)
+    assert kernels == {"sdpa": 2}
+    # a kernel set by hand after the switch is installed stays, even for rows the switch would give SDPA
+    model.get_base_model().set_attn_implementation("eager")
+    kernels.clear()
+    model(input_ids=torch.randint(10, 1000, (2, 20)))
+    assert kernels == {"eager": 2}

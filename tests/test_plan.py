@@ -130,3 +130,18 @@ def test_auto_checkpointing_is_off_on_a_cpu_and_forced_values_win(monkeypatch):
     assert checkpointing_wanted("sft", load_config(SFTConfig, None, {"gradient_checkpointing": "true"}))
     assert checkpointing_wanted("rlhf", load_config(RLHFConfig, None, {"gradient_checkpointing": "true"}))
     assert not checkpointing_wanted("rlhf", load_config(RLHFConfig))
+
+
+def test_on_a_cpu_the_plan_counts_the_lean_heads_chunks_unless_the_head_is_soft_capped(tiny_model_dir, tmp_path, capsys):
+    # posttrain.lm_head answers TRL's fused head on a CPU only for a plain head product (lm_head._plain_head)
+    import json
+
+    from posttrain.cli import main
+
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    (capped / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
+    for model, part in ((tiny_model_dir, "logits (posttrain.lm_head chunks)"), (capped, "logits (fused LM head tiles)")):
+        assert main(["plan", "dpo", "--model", str(model), "--device", "cpu"]) == 0
+        assert part in capsys.readouterr().out
