@@ -3,8 +3,9 @@
 For short sequences, eager attention (two matmuls and a softmax) is cheaper on a CPU than the fused SDPA kernel,
 mostly in the backward pass: on the default model, a DPO-shaped training step of 8 rows of up to 86 tokens took
 1.04 s against 1.29 s with SDPA (``bench/lm_head.py``; two threads, bf16 autocast, 2026-12-05). Its memory grows
-with the square of the length, so longer sequences keep SDPA. The RL stage picks its kernel itself per pass (stages/rlhf_roles.py); the
-stages on TRL's trainers (SFT, reward model, DPO) get it from :func:`eager_attention_when_short`.
+with the square of the length, so longer sequences keep SDPA. The RL stage picks its kernel itself per pass
+(stages/rlhf_roles.py); the stages on TRL's trainers (SFT, reward model, DPO) get it from
+:func:`eager_attention_when_short`.
 """
 
 from __future__ import annotations

@@ -105,11 +105,6 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
     return logits.float()
 
 
-def _plain_head(config) -> bool:
-    """Whether the model's logits are the head's product alone (no soft-capping, scaling or router loss)."""
-    return plain_head(config.get_text_config().to_dict())
-
-
 LEAN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
@@ -126,7 +121,7 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(target, "_posttrain_lean_head", False):
         return True
-    if not set(outputs) <= set(LEAN_OUTPUTS) or not _plain_head(target.config):
+    if not set(outputs) <= set(LEAN_OUTPUTS) or not plain_head(target.config.get_text_config().to_dict()):
         return False
     trl_forward = target.forward
     from trl.trainer.utils import FusedCausalLMOutput

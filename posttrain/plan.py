@@ -122,13 +122,13 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
         # a scaled or soft-capped head, posttrain.lm_head chunks of rows on a CPU (see footprint)
         if device == "cpu" and shape.plain_head:
             chunk = min(tokens * shape.vocab, max(LEAN_CHUNK_ELEMENTS, shape.vocab)) * 4
-            items["logits (posttrain.lm_head chunks)"] = LEAN_CHUNKS * chunk
-            items["allocator: the previous step's freed peak (CPU)"] = LEAN_CHUNKS * chunk
+            part, logits = "logits (posttrain.lm_head chunks)", LEAN_CHUNKS * chunk
         else:
             tile = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab, TRL_TILE_VOCAB) * 4
-            items["logits (fused LM head tiles)"] = TRL_TILES[device] * tile
-            if device == "cpu":
-                items["allocator: the previous step's freed peak (CPU)"] = TRL_TILES[device] * tile
+            part, logits = "logits (fused LM head tiles)", TRL_TILES[device] * tile
+        items[part] = logits
+        if device == "cpu":
+            items["allocator: the previous step's freed peak (CPU)"] = logits
     if stage == "dpo" and Path(config.model, "adapter_config.json").is_file():
         items["adapters (fp32)"] *= 2  # TRL's frozen copy "ref" of the SFT adapter, the reference
     notes = [f"{shape.params / 1e6:.1f} M base parameters, {lora_params / 1e6:.2f} M LoRA (r={r}, {targets}); "

@@ -133,7 +133,7 @@ def test_auto_checkpointing_is_off_on_a_cpu_and_forced_values_win(monkeypatch):
 
 
 def test_on_a_cpu_the_plan_counts_the_lean_heads_chunks_unless_the_head_is_soft_capped(tiny_model_dir, tmp_path, capsys):
-    # posttrain.lm_head answers TRL's fused head on a CPU only for a plain head product (lm_head._plain_head)
+    # posttrain.lm_head answers TRL's fused head on a CPU only for a plain head product (footprint.plain_head)
     import json
 
     from posttrain.cli import main
