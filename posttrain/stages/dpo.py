@@ -30,6 +30,7 @@ from posttrain.padding import pad
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
     StageError,
+    frozen_linears_in_bf16,
     gradient_checkpointing,
     load_trainable,
     log,
@@ -173,10 +174,11 @@ def reference_each_step(args) -> str:
 
 
 class DPOTrainer(trl.DPOTrainer):
-    """TRL's DPOTrainer, with its fused LM head answered by `posttrain.lm_head` where TRL has no kernel for it, and
-    eager attention for short rows on a CPU (`posttrain.attention`).
+    """TRL's DPOTrainer, with its fused LM head answered by `posttrain.lm_head` where TRL has no kernel for it,
+    eager attention for short rows on a CPU (`posttrain.attention`), and there, under bf16 autocast, the frozen base's
+    Linear weights stored in bf16 (stages.common.frozen_linears_in_bf16).
 
-    Both are installed on the model TRL wrapped, before the reference's log-probs are precomputed (a pass TRL makes
+    All three are installed on the model TRL wrapped, before the reference's log-probs are precomputed (a pass TRL makes
     in its constructor), and again, to the same effect, after construction for runs that compute them in every step.
     """
 
@@ -187,6 +189,7 @@ class DPOTrainer(trl.DPOTrainer):
     def lean_passes(self) -> None:
         use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))
         eager_attention_when_short(self.model)
+        frozen_linears_in_bf16(self.model, self.args)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from posttrain.memory import check_quantization
 from posttrain.models import model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, write_metrics, write_model_card
 from posttrain.stages.common import (
+    frozen_linears_in_bf16,
     gradient_checkpointing,
     load_trainable,
     log,
@@ -79,6 +80,7 @@ def run_sft(config: SFTConfig) -> Path:
         callbacks=[recorder],
     )
     use_lean_lm_head(trainer.model, ("log_probs", "entropy", "is_top1"))  # where TRL's fused head has no kernel
+    frozen_linears_in_bf16(trainer.model, args)  # the products autocast would cast to bf16 anyway
 
     # 4. train
     result = run_trainer(trainer, output, resume_from)

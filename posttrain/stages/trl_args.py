@@ -33,6 +33,7 @@ PINNED = {
     "max_steps": "--train.max_steps", "save_steps": "--train.save_steps", "gradient_checkpointing": "--train.gradient_checkpointing",
     "dataset_text_field": "--data_columns text=COLUMN", "chat_template_path": "--chat_template",
     "completion_only_loss": "--loss_on", "assistant_only_loss": "--loss_on", "padding_free": "--packing",
+    "disable_dropout": "--lora.dropout",
 }
 
 
@@ -197,6 +198,9 @@ def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = Fal
     output = Path(config.output)
     shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
               **trainer_settings(config.report_to, output)}
+    if "disable_dropout" in _fields(cls) and hasattr(config, "lora"):
+        # TRL's reward and DPO trainers switch every dropout off by default: --lora.dropout is what decides
+        shared["disable_dropout"] = config.lora.dropout == 0
     steps = shared["max_steps"]
     if steps != config.train.max_steps:  # train.min_steps raised the run
         log(f"{rows} training rows make fewer than train.min_steps={steps} optimizer steps in "

@@ -252,5 +252,7 @@ def test_on_the_cpu_sft_trains_as_with_trls_fused_head_without_running_it(tiny_m
     losses, adapter = run("lean-head")
     assert len(losses) == 4 and losses == pytest.approx(trl_losses, abs=1e-5)
     assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in adapter.items() if "lora_B" in n)
+    # the heads sum in different orders (gradients agree to 1e-5, tests/test_lm_head.py); Adam's normalised steps
+    # at lr 1e-2 carry that into the weights at up to ~2e-4 of their size
     for name in adapter:
-        torch.testing.assert_close(adapter[name], trl_adapter[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(adapter[name], trl_adapter[name], rtol=1e-3, atol=1e-5)
