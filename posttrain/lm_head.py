@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 
 import torch
 from torch import Tensor
@@ -29,6 +30,23 @@ from posttrain.footprint import LEAN_CHUNK_ELEMENTS, plain_head
 # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
 CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
 TRITON_DEVICES = ("cuda", "xpu")  # where TRL's fused head runs its own kernel, over the completion only
+
+
+_CAST: dict = {}  # one frozen weight's cast: "weight" (a weak reference), "version", "value"
+
+
+def _cast(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight`` in ``dtype``. A frozen weight's cast is kept, one at a time and only while the weight lives, for
+    the next call: the forward and backward pass of every step cast the same output layer (7% of an SFT step of the
+    default model on a CPU). It is cast again once the weight was changed in place."""
+    if weight.dtype == dtype or weight.requires_grad:
+        return weight.to(dtype)
+    held = _CAST.get("weight")
+    if held is None or held() is not weight or _CAST["version"] != weight._version or _CAST["value"].dtype != dtype:
+        _CAST.clear()
+        # the weight's end drops its cast too
+        _CAST.update(weight=weakref.ref(weight, lambda _: _CAST.clear()), version=weight._version, value=weight.to(dtype))
+    return _CAST["value"]
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -51,7 +69,7 @@ class CompactLogProbs(torch.autograd.Function):
         log_z, target_logit, entropy, mean_logit, top1 = (torch.empty(len(hidden), device=hidden.device)
                                                           for _ in range(5))
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)
+            w = _cast(weight, dtype)
             b = None if bias is None else bias.to(dtype)
             for start in range(0, len(hidden), step):
                 rows = slice(start, start + step)
@@ -77,7 +95,7 @@ class CompactLogProbs(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, device=weight.device) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros(weight.shape[0], device=weight.device) if ctx.needs_input_grad[2] else None
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(ctx.dtype)
+            w = _cast(weight, ctx.dtype)
             b = None if bias is None else bias.to(ctx.dtype)
             for start in range(0, len(hidden), ctx.step):
                 rows = slice(start, start + ctx.step)

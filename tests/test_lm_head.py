@@ -95,3 +95,30 @@ def test_lean_head_stays_out_where_it_would_not_answer_the_same(trl_patched):
     assert not use_lean_lm_head(trl_patched, lm_head.LEAN_OUTPUTS + ("log_sum_sq_probs",))  # WPO weighting
     trl_patched.get_base_model().config.final_logit_softcapping = 30.0
     assert not use_lean_lm_head(trl_patched)
+
+
+def test_a_frozen_output_layers_cast_is_kept_until_the_weight_changes():
+    import gc
+
+    torch.manual_seed(0)
+    weight, hidden, targets = torch.randn(40, 8), torch.randn(5, 8, requires_grad=True), torch.randint(0, 40, (5,))
+
+    def log_probs(w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return CompactLogProbs.apply(hidden, w, None, targets)[0]
+
+    first = log_probs(weight)
+    assert lm_head._cast(weight, torch.bfloat16) is lm_head._cast(weight, torch.bfloat16)  # kept, not cast again
+    weight.mul_(-1)  # changed in place: the kept cast is stale
+    changed = log_probs(weight)
+    assert torch.equal(changed, log_probs(weight.clone())) and not torch.allclose(changed, first)
+    changed.sum().backward()  # the backward pass casts the changed weight too
+    expected = torch.autograd.grad(log_probs(weight.clone()).sum(), hidden)[0]
+    assert torch.equal(hidden.grad, expected)
+
+    trained = torch.randn(40, 8, requires_grad=True)
+    assert lm_head._cast(trained, torch.bfloat16) is not lm_head._cast(trained, torch.bfloat16)  # never kept
+    lm_head._cast(weight, torch.bfloat16)
+    del weight, first, changed  # the graphs of these kept it alive too
+    gc.collect()
+    assert not lm_head._CAST  # the weight's end drops its cast
