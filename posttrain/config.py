@@ -86,10 +86,12 @@ def doc(default: Any, text: str, valid: Range | None = None, required: bool = Fa
 class LoraSection:
     r: int = doc(16, "LoRA rank.", valid=AT_LEAST_1)
     alpha: int = doc(32, "LoRA scaling numerator (the update is scaled by alpha / r).", valid=POSITIVE)
-    dropout: float = doc(0.0, "Dropout on the LoRA input; 0 (peft's default) builds none. Every stage applies what is set "
-                              "(TRL's reward and DPO trainers would otherwise switch dropout off). 0 since 2026-12-06: "
-                              "0.05 cost SFT a fifth of its time on a CPU for the same held-out style share "
-                              "(bench/quality.py, 3 seeds); the RM, DPO and RL stages ran without dropout already.",
+    dropout: float = doc(0.0, "Dropout on the input of the adapter SFT, RM or DPO trains (a continued adapter too, "
+                              "whatever it was saved with); 0 (peft's default) builds none. No other dropout runs: the "
+                              "base model's and the reference's stay off, and the RL stage trains without any (its "
+                              "sampling and training log-probs must agree). 0 since 2026-12-06: 0.05 cost SFT a fifth "
+                              "of its time on a CPU for the same held-out style share (bench/quality.py, 3 seeds); "
+                              "the RM and DPO stages had run without it, TRL having switched it off.",
                          valid=Range(0, 1, high_open=True))
     target_modules: str = doc("all-linear", "Modules that get adapters: 'all-linear' or a comma list, e.g. 'q_proj,v_proj'.")
 
@@ -251,7 +253,8 @@ class DPOConfig:
                                      "precompute_ref_log_probs): the same losses, steps about a third shorter on a CPU. "
                                      "One process only: under FSDP and DeepSpeed the model is placed only when "
                                      "training starts, and TRL 1.16's precomputing works on a single process.")
-    lora: LoraSection = doc(LoraSection, "LoRA adapter settings (ignored when starting from an SFT adapter).")
+    lora: LoraSection = doc(LoraSection, "LoRA adapter settings (from an SFT adapter, its rank, alpha and modules; "
+                                         "the dropout is this one's).")
     train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 5e-4 (LoRA-sized) at "
                                  "batch 4 for one epoch and at least 100 optimizer steps (a few hundred pairs get 2-3 "
                                  "passes), not TRL's 3 epochs at 5e-5; 2e-4 left a weak preference (sentiment) at 0.67 "

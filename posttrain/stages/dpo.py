@@ -37,6 +37,7 @@ from posttrain.stages.common import (
     loss_span,
     report_trainable,
     save_stage_files,
+    train_lora_dropout,
     sharding,
     stage_tail,
     trainer_placement,
@@ -186,10 +187,15 @@ class DPOTrainer(trl.DPOTrainer):
         self.lean_passes()
         return super()._precompute_ref_logps(*args, **kwargs)
 
+    def __init__(self, *args, lora_dropout: float = 0.0, **kwargs):
+        self.lora_dropout = lora_dropout  # read by lean_passes, which TRL's constructor reaches
+        super().__init__(*args, **kwargs)
+
     def lean_passes(self) -> None:
         use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))
         eager_attention_when_short(self.model)
         frozen_linears_in_bf16(self.model, self.args)
+        train_lora_dropout(self.model, POLICY_ADAPTER, self.lora_dropout)  # the reference's passes stay without
 
 
 @dataclass
@@ -267,6 +273,7 @@ def build_dpo_trainer(config: DPOConfig) -> DPOSetup:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[recorder],
+        lora_dropout=config.lora.dropout,
     )
     trainer.lean_passes()
     if held_rows:

@@ -31,6 +31,7 @@ from posttrain.stages.common import (
     report_trainable,
     save_stage_files,
     stage_tail,
+    train_lora_dropout,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -282,6 +283,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
         callbacks=[recorder],
         pooling=config.pooling,
     )
+    train_lora_dropout(trainer.model, "default", config.lora.dropout)  # after TRL switched every dropout off
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
     return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from)

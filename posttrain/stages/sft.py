@@ -23,6 +23,7 @@ from posttrain.stages.common import (
     report_trainable,
     save_stage_files,
     stage_tail,
+    train_lora_dropout,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -81,6 +82,7 @@ def run_sft(config: SFTConfig) -> Path:
     )
     use_lean_lm_head(trainer.model, ("log_probs", "entropy", "is_top1"))  # where TRL's fused head has no kernel
     frozen_linears_in_bf16(trainer.model, args)  # the products autocast would cast to bf16 anyway
+    train_lora_dropout(trainer.model, "default", config.lora.dropout)
 
     # 4. train
     result = run_trainer(trainer, output, resume_from)

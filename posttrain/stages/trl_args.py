@@ -198,9 +198,10 @@ def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = Fal
     output = Path(config.output)
     shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
               **trainer_settings(config.report_to, output)}
-    if "disable_dropout" in _fields(cls) and hasattr(config, "lora"):
-        # TRL's reward and DPO trainers switch every dropout off by default: --lora.dropout is what decides
-        shared["disable_dropout"] = config.lora.dropout == 0
+    if "disable_dropout" in _fields(cls):
+        # TRL's reward and DPO trainers switch every dropout off (the reference passes must not be random); the stage
+        # then gives the trained adapter back the dropout --lora.dropout sets (stages.common.train_lora_dropout)
+        shared["disable_dropout"] = True
     steps = shared["max_steps"]
     if steps != config.train.max_steps:  # train.min_steps raised the run
         log(f"{rows} training rows make fewer than train.min_steps={steps} optimizer steps in "

@@ -61,3 +61,21 @@ def test_the_default_lora_dropout_builds_none(stage, tiny_model_dir, samples, tm
     assert LoraSection().dropout == 0.0
     stage_run(stage, tiny_model_dir, samples, tmp_path / stage, dropout=LoraSection().dropout)
     assert not [p for p, _ in dropout_calls if p > 0]
+
+
+@pytest.fixture(scope="module")
+def adapter_saved_with_dropout(tiny_model_dir, tmp_path_factory):
+    """An SFT adapter saved with dropout 0.5 (as adapters saved before dropout defaulted to 0 carry 0.05)."""
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parents[2] / "data_samples"
+    return stage_run("sft", tiny_model_dir, samples, tmp_path_factory.mktemp("sft") / "sft", dropout=0.5)
+
+
+@pytest.mark.parametrize("stage, dropout", [("sft", 0.0), ("dpo", 0.0), ("rm", 0.0), ("dpo", 0.3), ("sft", 0.3)])
+def test_a_continued_adapter_trains_with_the_dropout_set_and_the_reference_with_none(
+        stage, dropout, adapter_saved_with_dropout, samples, tmp_path, dropout_calls):
+    out = stage_run(stage, adapter_saved_with_dropout, samples, tmp_path / stage, dropout=dropout)
+    # the saved 0.5 never runs: not in the trained adapter, not in DPO's reference (a frozen copy of the SFT adapter)
+    assert {p for p, _ in dropout_calls if p > 0} == ({dropout} if dropout else set())
+    assert json.loads((out / "adapter_config.json").read_text())["lora_dropout"] == dropout
