@@ -120,10 +120,9 @@ def frozen_linears_in_bf16(model: torch.nn.Module, args: Any) -> int:
         return 0
     from peft.tuners.lora import LoraLayer
 
-    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    shared = {m.weight.data_ptr() for m in embeddings}
-    vocab = {m.num_embeddings for m in embeddings}  # the output layer, tied or not, wrapped by peft or not
-    output = model.get_output_embeddings()
+    # a weight an embedding shares (a tied output layer) would change the embedding's output too
+    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    output = model.get_output_embeddings()  # cast by posttrain.lm_head itself; wrapped by peft or not
     keep = {id(m) for m in output.modules()} if output is not None else set()
     for layer in model.modules():
         if isinstance(layer, LoraLayer):
@@ -133,8 +132,7 @@ def frozen_linears_in_bf16(model: torch.nn.Module, args: Any) -> int:
     changed = 0
     for module in model.modules():
         if (type(module) is torch.nn.Linear and id(module) not in keep and not module.weight.requires_grad
-                and module.weight.dtype == torch.float32 and module.weight.data_ptr() not in shared
-                and module.out_features not in vocab):
+                and module.weight.dtype == torch.float32 and module.weight.data_ptr() not in shared):
             module.to(torch.bfloat16)
             changed += 1
     return changed

@@ -37,9 +37,9 @@ from posttrain.stages.common import (
     loss_span,
     report_trainable,
     save_stage_files,
-    train_lora_dropout,
     sharding,
     stage_tail,
+    train_lora_dropout,
     trainer_placement,
 )
 from posttrain.stages.trl_args import trl_config
@@ -183,13 +183,13 @@ class DPOTrainer(trl.DPOTrainer):
     in its constructor), and again, to the same effect, after construction for runs that compute them in every step.
     """
 
-    def _precompute_ref_logps(self, *args, **kwargs):
-        self.lean_passes()
-        return super()._precompute_ref_logps(*args, **kwargs)
-
     def __init__(self, *args, lora_dropout: float = 0.0, **kwargs):
         self.lora_dropout = lora_dropout  # read by lean_passes, which TRL's constructor reaches
         super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, *args, **kwargs):
+        self.lean_passes()
+        return super()._precompute_ref_logps(*args, **kwargs)
 
     def lean_passes(self) -> None:
         use_lean_lm_head(self.model, LEAN_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ()))

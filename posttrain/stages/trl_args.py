@@ -198,16 +198,16 @@ def trl_config(cls: type, config: Any, has_eval: bool, checkpointing: bool = Fal
     output = Path(config.output)
     shared = {**trainer_kwargs(config.train, output, has_eval, checkpointing, rows),
               **trainer_settings(config.report_to, output)}
-    if "disable_dropout" in _fields(cls):
-        # TRL's reward and DPO trainers switch every dropout off (the reference passes must not be random); the stage
-        # then gives the trained adapter back the dropout --lora.dropout sets (stages.common.train_lora_dropout)
-        shared["disable_dropout"] = True
     steps = shared["max_steps"]
     if steps != config.train.max_steps:  # train.min_steps raised the run
         log(f"{rows} training rows make fewer than train.min_steps={steps} optimizer steps in "
             f"{config.train.epochs:g} epoch(s): training {steps} steps, "
             f"{steps / steps_per_epoch(config.train, rows):.2f} epochs (--train.min_steps 0 keeps the epochs as set)")
     known = _fields(cls)
+    if "disable_dropout" in known:
+        # TRL's reward and DPO trainers switch every dropout off (the reference passes must not be random); the stage
+        # then gives the trained adapter back the dropout --lora.dropout sets (stages.common.train_lora_dropout)
+        shared["disable_dropout"] = True
     unknown = sorted(set(shared) - set(known))
     if unknown:  # a TRL release that renamed a field: say so rather than train without the setting
         raise ConfigError(f"TRL's {cls.__name__} (trl {__import__('trl').__version__}) has no field {', '.join(unknown)}, "
