@@ -190,9 +190,9 @@ class SFTConfig:
     loss_on: Literal["assistant", "all"] = doc("assistant", "Train on assistant tokens only, or on the full sequence.")
     packing: bool = doc(False, "Pack several examples per row (padding-free, faster on long data).")
     lora: LoraSection = doc(LoraSection, "LoRA adapter settings.")
-    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 2e-4 at batch 4 for "
+    train: TrainSection = _train("Optimisation settings; defaults chosen with bench/quality.py: lr 3e-4 at batch 4 for "
                                  "one epoch and at least 100 optimizer steps (a few hundred rows get 2 passes).",
-                                 min_steps=100)
+                                 lr=3e-4, min_steps=100)
 
 
 @dataclass

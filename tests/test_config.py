@@ -151,4 +151,4 @@ def test_ranges_are_checked_for_flags_and_yaml_and_shown_by_help(tmp_path, capsy
         load_config(RLHFConfig, config_file)
     print_help("sft")
     printed = capsys.readouterr().out
-    assert "(default: 0.0002; > 0)" in printed and "(default: 0.0; in [0, 1))" in printed
+    assert "(default: 0.0003; > 0)" in printed and "(default: 0.0; in [0, 1))" in printed
