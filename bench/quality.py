@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.jobs > 1 and not args.report:
         run_side_by_side(args, argv)
-        args.report = True  # every run is cached now: the report below gathers them
+        # every run is cached now, trained again where --rerun asked: the report below gathers them
+        args.report, args.rerun = True, False
     results = run_all(args)
     name = "quality" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
     out = HERE / "results"

@@ -1,0 +1,46 @@
+"""bench/quality.py gathers every finished run into its report, also the runs that `--jobs 2 --rerun` just
+trained again in its child processes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_cache(quality, root: Path, judges, tag: str) -> None:
+    """Built tasks, the base model's answers and one finished posttrain SFT run per task, as the harness leaves them."""
+    tasks = root / "full" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "tasks.json").write_text(json.dumps({"sizes": quality.FULL.__dict__, "seed": 0, "tasks": {}}))
+    (tasks / "prompts_heldout.jsonl").write_text(json.dumps({"prompt": "Tell me about the moon."}) + "\n")
+    (tasks / "base_answers.json").write_text(json.dumps({"texts": ["The moon."], "lengths": [3]}))
+    for judge in judges:
+        (tasks / judge.name).mkdir()
+        (tasks / judge.name / "prefs_heldout.jsonl").write_text("")
+        runs = root / "full" / "runs" / tag / judge.name
+        runs.mkdir(parents=True)
+        (runs / "posttrain-sft-s0.json").write_text(json.dumps(
+            {"task": judge.name, "seed": 0, "stage": "sft", "impl": "posttrain", "wall_s": 90.0, "steps": 100,
+             "extra_args": "", "style_share": 0.95, "mean_length": 12.0}))
+
+
+def test_the_report_after_side_by_side_reruns_reads_the_runs_the_children_trained(monkeypatch, tmp_path):
+    quality = load_quality()
+    judges = [quality.judges.__globals__["Judge"](name, len, 1.0, "any", bool, str) for name in ("one", "two")]
+    monkeypatch.setattr(quality, "judges", lambda: judges)  # no judge packages needed
+    fake_cache(quality, tmp_path / "cache", judges, "t")
+    monkeypatch.setattr(quality, "run_side_by_side", lambda args, argv: None)  # the children: their runs are cached
+    monkeypatch.setattr(quality, "HERE", tmp_path)
+    quality.main(["--jobs", "2", "--rerun", "--threads", "0", "--tag", "t", "--stages", "sft", "--impls", "posttrain",
+                  "--cache", str(tmp_path / "cache")])
+    results = json.loads((tmp_path / "results" / "quality-t.json").read_text())
+    assert sorted(r["task"] for r in results["runs"]) == ["one", "two"]
+    assert "| one | sft: held-out style share (≥ 0.9) | 0 | 0.950 |" in (tmp_path / "results" / "quality-t.md").read_text()
