@@ -34,7 +34,9 @@ def fake_cache(quality, root: Path, judges, tag: str) -> None:
 
 def test_the_report_after_side_by_side_reruns_reads_the_runs_the_children_trained(monkeypatch, tmp_path):
     quality = load_quality()
-    judges = [quality.judges.__globals__["Judge"](name, len, 1.0, "any", bool, str) for name in ("one", "two")]
+    from quality_tasks import Judge  # importable once quality.py has put bench/ on the path
+
+    judges = [Judge(name, len, 1.0, "any", bool, str) for name in ("one", "two")]
     monkeypatch.setattr(quality, "judges", lambda: judges)  # no judge packages needed
     fake_cache(quality, tmp_path / "cache", judges, "t")
     monkeypatch.setattr(quality, "run_side_by_side", lambda args, argv: None)  # the children: their runs are cached
