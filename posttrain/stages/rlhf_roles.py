@@ -389,6 +389,9 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         load_lora_weights(model, rm_folder, REWARD, trainable=False)
         if critic:
             load_lora_weights(model, rm_folder, CRITIC, trainable=True)
+            # the reward model's head predicts raw scores where the returns are normalised (value loss 7-11 at step
+            # 1), yet starting it at zero, the scale-correct choice, won less over 4 task-seeds (0.78 against 0.81
+            # mean win-rate; 0.76 with GAE lambda 1 too): its per-token scores act as a dense reward. README, Online RL
             value_head = load_head(rm_folder, hidden).to(device)
         log(f"the reward model shares the base weights (adapter '{REWARD}' from {rm_folder})"
             + (f"; the critic starts from it (adapter '{CRITIC}')" if critic else ""))
