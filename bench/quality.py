@@ -44,19 +44,14 @@ STAGES = ("sft", "rm", "dpo", "ppo")
 GOALS = {"sft": 0.9, "rm": 0.9, "dpo": 0.75, "ppo": 0.75}
 
 
-def bf16_units(cpuinfo: str) -> str:
-    """The bf16 matrix units that /proc/cpuinfo's text names ("AVX512-BF16", "AVX512-BF16 and AMX"), or ""."""
-    flags = next((line.split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return " and ".join(name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags)
-
-
 def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
-    from posttrain.models import cpu_has_fast_bf16
+    from posttrain.models import cpu_bf16_units, cpu_has_fast_bf16
 
-    bf16 = f"with {bf16_units(cpuinfo)} (a bf16 base)" if cpu_has_fast_bf16() else "without bf16 matrix units (an fp32 base)"
+    bf16 = (f"with {' and '.join(cpu_bf16_units(cpuinfo))} (a bf16 base)" if cpu_has_fast_bf16()
+            else "without bf16 matrix units (an fp32 base)")
     return f"{os.cpu_count()}-core {cpu} {bf16}, no GPU; load average {os.getloadavg()[0]:.1f} at the start"
 
 

@@ -64,6 +64,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+BF16_UNITS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}  # /proc/cpuinfo flag -> name
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 matrix units the CPU has (names of BF16_UNITS), from /proc/cpuinfo's text (read when not given;
+    none where there is no such file)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: assume none
+            return []
+    flags = next((line.split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [name for flag, name in BF16_UNITS.items() if flag in flags]
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): about 2x its fp32 rate.
 
@@ -71,11 +86,7 @@ def cpu_has_fast_bf16() -> bool:
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if limit and not any(isa in limit for isa in ("BF16", "AMX", "ALL")):
         return False
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:  # not Linux: assume no
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    return bool(cpu_bf16_units())
 
 
 def frozen_base_dtype(device: torch.device | None = None, precision: str = "auto") -> torch.dtype:

@@ -84,9 +84,10 @@ def test_another_draw_builds_its_tasks_from_its_own_seed_and_reports_apart(monke
 
 def test_the_machine_line_names_the_bf16_units_the_cpu_has():
     # an AMD EPYC with AVX512-BF16 and no AMX was recorded as "AVX512-BF16/AMX"
-    quality = load_quality()
+    from posttrain.models import cpu_bf16_units
+
     epyc = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n"
     xeon = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
-    assert quality.bf16_units(epyc) == "AVX512-BF16"
-    assert quality.bf16_units(xeon) == "AVX512-BF16 and AMX"
-    assert quality.bf16_units("flags\t\t: fpu avx2\n") == ""
+    assert cpu_bf16_units(epyc) == ["AVX512-BF16"]
+    assert cpu_bf16_units(xeon) == ["AVX512-BF16", "AMX"]
+    assert cpu_bf16_units("flags\t\t: fpu avx2\n") == []
