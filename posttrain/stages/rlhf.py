@@ -173,6 +173,29 @@ def refuse_sharded(accelerator) -> None:
                          "makes it about a quarter of its bf16 size.")
 
 
+@dataclass
+class Session:
+    """What every step of a run uses and none changes: the processes, the models, the reward sources, the
+    optimisation and the prompts (built once by ``start``)."""
+
+    config: RLHFConfig
+    plan: Plan
+    output: Path
+    accelerator: object
+    collective: Collective
+    roles: object
+    sources: object
+    optim: Optimisation
+    guard: Guard
+    base_path: str
+    prompts: list[dict]
+    heldout: HeldOut
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
 def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=None, accelerator=None) -> Path:
     """Run the online-RL stage as ``config`` says; returns the output folder (a chat checkpoint of the policy).
 
@@ -180,32 +203,86 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
     ``on_step(roles, record)`` is called after every step with the models and that step's metrics.
     ``accelerator``: an ``accelerate.Accelerator`` to run under (default: a new one).
     """
+    s, run = start(config, accelerator)
+    plan, roles, rank, world = s.plan, s.roles, s.accelerator.process_index, s.collective.world
+    if s.heldout.rows and not config.resume:  # the starting point of the held-out curve, and the first "best"
+        run.start_eval = evaluate(s, run, 0)
+        log(f"held-out reward of the starting policy: {run.start_eval['eval_reward']:.3f} on {len(s.heldout.rows)} prompts")
+        log_metrics(s.accelerator, run.start_eval)
+
+    progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
+                    disable=not s.main, dynamic_ncols=True)
+    first_step = run.step
+    for step in progress:
+        started, s.guard.step = time.time(), step
+        # 1. rollout: this process's share of the step's prompts, group_size responses to each
+        indices = prompt_indices(len(s.prompts), run.cursor, plan.prompts * world, config.ppo.seed)
+        run.cursor += plan.prompts * world
+        mine = [s.prompts[i] for i in indices[rank * plan.prompts:(rank + 1) * plan.prompts]]
+        rollout, prompts_cut = collect_rollouts(roles, mine, config, plan.group_size, step, rank, world)
+        timings = {"rollout_seconds": time.time() - started}
+        # 2. score: rewards, old and reference log-probs, values (the first minibatch's training forward included)
+        first = score(rollout, roles, s.optim, s.sources, config, run.moments, s.collective, s.guard, step)
+        s.guard.check_finite(torch.stack([rollout.raw_scores, rollout.scores]), "the reward scores")  # raw: before a penalty hides it
+        # 3-4. KL-penalised per-token rewards and advantages by the algorithm's estimator
+        beta = run.kl_ctl.value
+        advantages(rollout, config, plan.algo.estimator, plan.kl_in_loss, beta, s.collective.masked_moments)
+        timings["score_seconds"] = time.time() - started - timings["rollout_seconds"]
+        # 5. PPO-clip epochs
+        stats = update(rollout, first, s.optim, config, plan.kl_in_loss, beta, s.collective, s.guard)
+        del first
+        timings["optimise_seconds"] = time.time() - started - sum(timings.values())
+        # 6. metrics, held-out evaluation, early stops, checkpoint
+        record = log_step(step, rollout, stats, beta, prompts_cut, run, s.optim, s.collective, plan, timings, started)
+        if step == first_step and s.main:
+            warn_if_cut(record, config)
+        if s.heldout.due(step + 1, config.ppo.steps):
+            record.update(evaluate(s, run, step + 1))
+            if s.main:
+                start_reward = (run.start_eval or {}).get("eval_reward", float("nan"))
+                log(f"step {step + 1}: held-out reward {record['eval_reward']:.3f} (start {start_reward:.3f})")
+        if step == 0 or step + 1 == config.ppo.steps:
+            run.samples.extend(sample_rows(step + 1, roles.tokenizer, rollout))
+        progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}",
+                             len=f"{record['response_length']:.1f}", beta=f"{beta:.3f}")
+        log_metrics(s.accelerator, record)
+        if on_step is not None:
+            on_step(roles, record)
+        reason = run.stops.observe_step(record)
+        done = run.step = step + 1
+        if (config.ppo.save_steps and done % config.ppo.save_steps == 0) or done in (config.ppo.steps, halt_after_step) or reason:
+            save(s, run, done)
+        if halt_after_step is not None and done == halt_after_step:
+            log(f"halting after step {done} as asked")
+            stop_tracking(s.accelerator)
+            return s.output
+        if reason:
+            log(f"stopping after step {done}: {reason}")
+            break
+
+    if s.main:
+        best = run.stops.state_dict() if s.heldout.rows and math.isfinite(run.stops.best) else None
+        write_final(s.output, config, roles, s.base_path, run.history, run.samples, run.stops.reason, best, run.start_eval)
+    stop_tracking(s.accelerator)
+    s.accelerator.wait_for_everyone()
+    return s.output
+
+
+def start(config: RLHFConfig, accelerator=None) -> tuple[Session, RunState]:
+    """Check the settings, the prompts and the reward functions before any model loads, then load the roles and
+    the optimisation under ``accelerator`` (default: a new one), and the run's state: fresh, or --resume's."""
     plan = check_config(config)
     output = Path(config.output)
     check_start(output, config)  # --resume needs a checkpoint of the same settings; a fresh start an empty folder
-    # validated, and the reward functions checked against it, before any model loads
     table = load_prompts(config.prompts, config.data_split, config.data_subset, config.data_columns)
     functions = load_reward_functions(config, set().union(*(r.keys() for r in table.rows)), config.prompts)
     source_weights(config, int(bool(config.reward_model)) + len(functions))  # a wrong count fails now, not after loading
     prompts, heldout = held_out_prompts(config, table.rows)
     if accelerator is None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        # a TRL stage run earlier in this process (a pipeline, the Python API) leaves accelerate's state set to its
-        # mixed precision (bf16 autocast on a GPU, or a CPU with bf16 products), which Accelerator() would inherit
-        # and wrap the policy's forward in: start from the launch's settings, as transformers' TrainingArguments
-        # does; the RL loop picks each role's precision itself (rlhf_roles)
-        AcceleratorState._reset_state()
-        # buffers (rotary tables) are the same everywhere: no broadcast at every forward
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-                                  **accelerator_settings(config.report_to, output))
+        accelerator = new_accelerator(config, output)
     refuse_sharded(accelerator)
     start_tracking(accelerator, config)  # --report_to: the rows of metrics.json, step by step
-    rank, world = accelerator.process_index, accelerator.num_processes
-    collective = Collective(accelerator)
+    rank = accelerator.process_index
     torch.manual_seed(config.ppo.seed)  # every process builds identical fresh adapters
     roles = load_roles(config, accelerator.device, critic=plan.algo.critic)
     torch.manual_seed(config.ppo.seed + rank)  # and samples its own rollouts
@@ -221,80 +298,47 @@ def run_rlhf(config: RLHFConfig, halt_after_step: int | None = None, on_step=Non
         run.load_state_dict(state)
         set_rng_state(state["rng"][rank])
         log(f"resumed from {found[-1]} at step {run.step}")
-    guard = Guard(collective, output, checkpoint_dirs)
-    base_path = resolve_model(roles.base_name)
+    collective = Collective(accelerator)
     log(f"{config.algo}: {plan.prompts} prompts x {plan.group_size} responses per process and step, "
-        f"{world} process(es); KL in the {'loss' if plan.kl_in_loss else 'reward'}; rewards: {', '.join(sources.names)}")
+        f"{collective.world} process(es); KL in the {'loss' if plan.kl_in_loss else 'reward'}; "
+        f"rewards: {', '.join(sources.names)}")
+    session = Session(config, plan, output, accelerator, collective, roles, sources, optim,
+                      Guard(collective, output, checkpoint_dirs), resolve_model(roles.base_name), prompts, heldout)
+    return session, run
 
-    if heldout.rows and not config.resume:  # the starting point of the held-out curve, and the first "best"
-        run.start_eval = {"step": 0, **evaluate_heldout(roles, sources, heldout.rows, config, -1, collective)}
-        if run.stops.observe_eval(run.start_eval) and accelerator.is_main_process:
-            save_best(output, config, roles, base_path, run.start_eval)
-        log(f"held-out reward of the starting policy: {run.start_eval['eval_reward']:.3f} on {len(heldout.rows)} prompts")
-        log_metrics(accelerator, run.start_eval)
 
-    progress = tqdm(range(run.step, config.ppo.steps), initial=run.step, total=config.ppo.steps, desc=config.algo.upper(),
-                    disable=not accelerator.is_main_process, dynamic_ncols=True)
-    first_step = run.step
-    for step in progress:
-        started, guard.step = time.time(), step
-        # 1. rollout: this process's share of the step's prompts, group_size responses to each
-        indices = prompt_indices(len(prompts), run.cursor, plan.prompts * world, config.ppo.seed)
-        run.cursor += plan.prompts * world
-        mine = [prompts[i] for i in indices[rank * plan.prompts:(rank + 1) * plan.prompts]]
-        rollout, prompts_cut = collect_rollouts(roles, mine, config, plan.group_size, step, rank, world)
-        timings = {"rollout_seconds": time.time() - started}
-        # 2. score: rewards, old and reference log-probs, values (the first minibatch's training forward included)
-        first = score(rollout, roles, optim, sources, config, run.moments, collective, guard, step)
-        guard.check_finite(torch.stack([rollout.raw_scores, rollout.scores]), "the reward scores")  # raw: before a penalty hides it
-        # 3-4. KL-penalised per-token rewards and advantages by the algorithm's estimator
-        beta = run.kl_ctl.value
-        advantages(rollout, config, plan.algo.estimator, plan.kl_in_loss, beta, collective.masked_moments)
-        timings["score_seconds"] = time.time() - started - timings["rollout_seconds"]
-        # 5. PPO-clip epochs
-        stats = update(rollout, first, optim, config, plan.kl_in_loss, beta, collective, guard)
-        del first
-        timings["optimise_seconds"] = time.time() - started - sum(timings.values())
-        # 6. metrics, held-out evaluation, early stops, checkpoint
-        record = log_step(step, rollout, stats, beta, prompts_cut, run, optim, collective, plan, timings, started)
-        if step == first_step and accelerator.is_main_process:
-            warn_if_cut(record, config)
-        if heldout.due(step + 1, config.ppo.steps):
-            record.update(evaluate_heldout(roles, sources, heldout.rows, config, step, collective))
-            if accelerator.is_main_process:
-                start = (run.start_eval or {}).get("eval_reward", float("nan"))
-                log(f"step {step + 1}: held-out reward {record['eval_reward']:.3f} (start {start:.3f})")
-            if run.stops.observe_eval(record) and accelerator.is_main_process:
-                save_best(output, config, roles, base_path, record)
-        if step == 0 or step + 1 == config.ppo.steps:
-            run.samples.extend(sample_rows(step + 1, roles.tokenizer, rollout))
-        progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}",
-                             len=f"{record['response_length']:.1f}", beta=f"{beta:.3f}")
-        log_metrics(accelerator, record)
-        if on_step is not None:
-            on_step(roles, record)
-        reason = run.stops.observe_step(record)
-        done = run.step = step + 1
-        if (config.ppo.save_steps and done % config.ppo.save_steps == 0) or done in (config.ppo.steps, halt_after_step) or reason:
-            rngs = collective.objects(rng_state())
-            if accelerator.is_main_process:
-                save_checkpoint(output, done, roles, base_path, {**run.state_dict(), **optim.state_dict(),
-                                                                  "config": to_dict(config)}, rngs)
-            accelerator.wait_for_everyone()
-        if halt_after_step is not None and done == halt_after_step:
-            log(f"halting after step {done} as asked")
-            stop_tracking(accelerator)
-            return output
-        if reason:
-            log(f"stopping after step {done}: {reason}")
-            break
+def new_accelerator(config: RLHFConfig, output: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    if accelerator.is_main_process:
-        best = run.stops.state_dict() if heldout.rows and math.isfinite(run.stops.best) else None
-        write_final(output, config, roles, base_path, run.history, run.samples, run.stops.reason, best, run.start_eval)
-    stop_tracking(accelerator)
-    accelerator.wait_for_everyone()
-    return output
+    # a TRL stage run earlier in this process (a pipeline, the Python API) leaves accelerate's state set to its
+    # mixed precision (bf16 autocast on a GPU, or a CPU with bf16 products), which Accelerator() would inherit
+    # and wrap the policy's forward in: start from the launch's settings, as transformers' TrainingArguments
+    # does; the RL loop picks each role's precision itself (rlhf_roles)
+    AcceleratorState._reset_state()
+    # buffers (rotary tables) are the same everywhere: no broadcast at every forward
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                       **accelerator_settings(config.report_to, output))
+
+
+def evaluate(s: Session, run: RunState, done: int) -> dict[str, float]:
+    """The held-out evaluation after ``done`` steps (0: the starting policy); the best policy so far goes to
+    <output>/best."""
+    record = {"step": done, **evaluate_heldout(s.roles, s.sources, s.heldout.rows, s.config, done - 1, s.collective)}
+    if run.stops.observe_eval(record) and s.main:
+        save_best(s.output, s.config, s.roles, s.base_path, record)
+    return record
+
+
+def save(s: Session, run: RunState, done: int) -> None:
+    """A checkpoint after ``done`` steps: weights, optimizer, run state and every process's random state."""
+    rngs = s.collective.objects(rng_state())
+    if s.main:
+        save_checkpoint(s.output, done, s.roles, s.base_path, {**run.state_dict(), **s.optim.state_dict(),
+                                                               "config": to_dict(s.config)}, rngs)
+    s.accelerator.wait_for_everyone()
 
 
 def warn_if_cut(record: dict, config: RLHFConfig) -> None:
