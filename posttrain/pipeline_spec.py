@@ -103,7 +103,7 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 
 def command(kind: str):
     """(config class, stage function) of a ``posttrain`` command: the pipeline runs exactly what the CLI runs."""
-    from posttrain.cli import COMMANDS
+    from posttrain.commands import COMMANDS
 
     entry = COMMANDS[kind]
     return entry.config(), entry.run

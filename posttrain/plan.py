@@ -263,7 +263,7 @@ def longest_prompt(config: Any) -> int | None:
 def plan_stage(stage: str, argv: list[str], device: str = "auto", memory_gib: float | None = None, engine: str = "ddp",
                processes: int = 1) -> Plan:
     """The plan of ``posttrain <stage> <argv>`` on ``device`` ("auto": the GPU if there is one)."""
-    from posttrain.cli import COMMANDS, parse_flags
+    from posttrain.commands import COMMANDS, parse_flags
     from posttrain.config import ConfigError, load_config
 
     if stage not in STAGES:

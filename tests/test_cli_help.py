@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.cli import COMMANDS, main
+from posttrain.cli import main
+from posttrain.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 

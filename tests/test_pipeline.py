@@ -130,7 +130,7 @@ report: {prompts: data_samples/prompts.jsonl, samples: 2, max_new_tokens: 4}
 @pytest.fixture()
 def calls(monkeypatch):
     """Names of the stage functions the pipeline calls, in order (the same functions the CLI calls)."""
-    import posttrain.cli
+    import posttrain.commands
     import posttrain.stages.dpo
     import posttrain.stages.reward
     import posttrain.stages.rlhf
@@ -138,7 +138,7 @@ def calls(monkeypatch):
 
     seen: list[tuple[str, object]] = []
     for module, name in [(posttrain.stages.sft, "run_sft"), (posttrain.stages.dpo, "run_dpo"), (posttrain.stages.reward, "run_reward"),
-                         (posttrain.stages.rlhf, "run_rlhf"), (posttrain.cli, "_merge")]:
+                         (posttrain.stages.rlhf, "run_rlhf"), (posttrain.commands, "_merge")]:
         original = getattr(module, name)
 
         def spy(config, _original=original, _name=name):
