@@ -225,51 +225,14 @@ def default_output(model: str) -> Path:
 
 def run_eval(config: EvalConfig) -> Path:
     """Evaluate ``config.model`` (against ``config.baseline``) as the module docstring says; returns the report folder."""
-    require(config, "model")
-    measures_capability = bool(config.benchmark or config.lm_eval)
-    if not config.prompts and not config.data and not measures_capability:
-        raise ConfigError("give --prompts FILE (generate and compare responses), --data PREFS (pairwise accuracy), "
-                          "--benchmark FILE (k-shot multiple choice) and/or --lm_eval TASKS.")
-    model_is_rm = read_metadata(config.model).get("stage") in ("rm", "reward")
-    if model_is_rm and (config.prompts or measures_capability):
-        raise ConfigError(f"--model {config.model} is a reward model: it cannot answer --prompts or a benchmark. Pass it as --reward-model "
-                          "with a policy as --model, or give only --data to measure its accuracy.")
-    if config.baseline and not config.prompts and not measures_capability:
-        raise ConfigError("--baseline is compared on generated responses or a benchmark: give --prompts or --benchmark too.")
-    # 1. read the data (and import the reward functions) before any model loads
-    prompt_rows = load_prompts(config.prompts).rows[:config.max_prompts] if config.prompts else []
-    prompts = [r["prompt"] for r in prompt_rows]
-    functions = [load_reward_function(spec) for spec in config.reward_fn.split(",") if spec.strip()]
-    for fn in functions:
-        fn.check_columns(set().union(*(r.keys() for r in prompt_rows)) if prompt_rows else set(), config.prompts)
-    pairs = load_preferences(config.data).rows[:config.max_prompts] if config.data else []
-    if config.benchmark:
-        from posttrain.capability import load_benchmark
-
-        load_benchmark(config.benchmark, config.shots, config.benchmark_dev, config.max_questions)  # a bad row fails now
+    # 1. check the settings, read the data and import the reward functions before any model loads
+    model_is_rm, prompt_rows, functions, pairs = read_inputs(config)
     output = Path(config.output) if config.output else default_output(config.model)
     summary: dict[str, Any] = {"model": config.model, "baseline": config.baseline or None}
-    rows: list[dict[str, Any]] = []
     labels = ["model"] + (["baseline"] if config.baseline else [])
 
     # 2. generate and judge: reward, win-rate, length
-    if prompts:
-        models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
-        sampling = {"top_p": config.top_p, "top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
-                    "stop": [s for s in config.stop.split(",") if s]}
-        rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed,
-                            functions, prompt_rows, sampling)
-        summary["prompts"] = len(prompts)
-        for label in labels:
-            summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])
-            if config.reward_model:
-                summary[f"{label}_mean_reward"] = mean([r[f"{label}_reward"] for r in rows])
-            for fn in functions:
-                summary[f"{label}_mean_{fn.name}"] = mean([r[f"{label}_{fn.name}"] for r in rows])
-        if config.reward_model and config.baseline:
-            summary["win_rate"] = win_rate([r["model_reward"] for r in rows], [r["baseline_reward"] for r in rows])
-        for fn in functions if config.baseline else []:
-            summary[f"win_rate_{fn.name}"] = win_rate([r[f"model_{fn.name}"] for r in rows], [r[f"baseline_{fn.name}"] for r in rows])
+    rows = judged_responses(config, prompt_rows, functions, labels, summary) if prompt_rows else []
 
     # 3. pairwise preference accuracy: of the reward model, and of the policy by its implicit reward
     if pairs:
@@ -281,13 +244,73 @@ def run_eval(config: EvalConfig) -> Path:
 
     # 4. capability: k-shot multiple choice (posttrain/capability.py) and lm-evaluation-harness tasks
     capability_blocks, capability = [], {}
-    if measures_capability:
+    if config.benchmark or config.lm_eval:
         from posttrain.capability_report import run_evaluation_capability
 
         summary_part, capability_blocks, capability = run_evaluation_capability(config)
         summary.update(summary_part)
 
     # 5. write: metrics, samples, report page; posttrain.json last marks the report finished
+    write_report(config, output, summary, rows, labels, capability, capability_blocks)
+    for key, value in summary.items():
+        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    print(f"report: {output / 'report.md'}")
+    return output
+
+
+def read_inputs(config: EvalConfig) -> tuple[bool, list[dict], list, list[dict]]:
+    """(whether --model is a reward model, prompt rows, reward functions, preference pairs), every bad setting and
+    bad row refused before a model loads."""
+    require(config, "model")
+    measures_capability = bool(config.benchmark or config.lm_eval)
+    if not config.prompts and not config.data and not measures_capability:
+        raise ConfigError("give --prompts FILE (generate and compare responses), --data PREFS (pairwise accuracy), "
+                          "--benchmark FILE (k-shot multiple choice) and/or --lm_eval TASKS.")
+    model_is_rm = read_metadata(config.model).get("stage") in ("rm", "reward")
+    if model_is_rm and (config.prompts or measures_capability):
+        raise ConfigError(f"--model {config.model} is a reward model: it cannot answer --prompts or a benchmark. Pass it as --reward-model "
+                          "with a policy as --model, or give only --data to measure its accuracy.")
+    if config.baseline and not config.prompts and not measures_capability:
+        raise ConfigError("--baseline is compared on generated responses or a benchmark: give --prompts or --benchmark too.")
+    prompt_rows = load_prompts(config.prompts).rows[:config.max_prompts] if config.prompts else []
+    functions = [load_reward_function(spec) for spec in config.reward_fn.split(",") if spec.strip()]
+    for fn in functions:
+        fn.check_columns(set().union(*(r.keys() for r in prompt_rows)) if prompt_rows else set(), config.prompts)
+    pairs = load_preferences(config.data).rows[:config.max_prompts] if config.data else []
+    if config.benchmark:
+        from posttrain.capability import load_benchmark
+
+        load_benchmark(config.benchmark, config.shots, config.benchmark_dev, config.max_questions)  # a bad row fails now
+    return model_is_rm, prompt_rows, functions, pairs
+
+
+def judged_responses(config: EvalConfig, prompt_rows: list[dict], functions: list, labels: list[str],
+                     summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each model's responses to the prompts side by side, judged by the reward model and functions; the means
+    and win-rates go into ``summary``."""
+    prompts = [r["prompt"] for r in prompt_rows]
+    models = {"model": config.model, **({"baseline": config.baseline} if config.baseline else {})}
+    sampling = {"top_p": config.top_p, "top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
+                "stop": [s for s in config.stop.split(",") if s]}
+    rows = side_by_side(models, prompts, config.max_new_tokens, config.reward_model, config.temperature, config.seed,
+                        functions, prompt_rows, sampling)
+    summary["prompts"] = len(prompts)
+    for label in labels:
+        summary[f"{label}_mean_length"] = mean([r[f"{label}_tokens"] for r in rows])
+        if config.reward_model:
+            summary[f"{label}_mean_reward"] = mean([r[f"{label}_reward"] for r in rows])
+        for fn in functions:
+            summary[f"{label}_mean_{fn.name}"] = mean([r[f"{label}_{fn.name}"] for r in rows])
+    if config.reward_model and config.baseline:
+        summary["win_rate"] = win_rate([r["model_reward"] for r in rows], [r["baseline_reward"] for r in rows])
+    for fn in functions if config.baseline else []:
+        summary[f"win_rate_{fn.name}"] = win_rate([r[f"model_{fn.name}"] for r in rows], [r[f"baseline_{fn.name}"] for r in rows])
+    return rows
+
+
+def write_report(config: EvalConfig, output: Path, summary: dict[str, Any], rows: list[dict[str, Any]], labels: list[str],
+                 capability: dict, capability_blocks: list) -> None:
+    """metrics.json, samples.jsonl and report.md; posttrain.json last marks the report finished."""
     from posttrain.report import write_metrics, write_report_page
 
     output.mkdir(parents=True, exist_ok=True)
@@ -308,7 +331,3 @@ def run_eval(config: EvalConfig) -> Path:
                    ("table", sample_table(rows[:SHOWN_SAMPLES], labels))]
     write_report_page(output, "report", f"Evaluation of {config.model}", blocks)
     write_metadata(output, stage="eval", config=to_dict(config))
-    for key, value in summary.items():
-        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
-    print(f"report: {output / 'report.md'}")
-    return output
