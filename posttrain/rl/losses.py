@@ -34,7 +34,9 @@ class PolicyLossOutput(NamedTuple):
 
 
 def _token_mean(x: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
-    # every unmasked token of the batch weighs the same (N details; DAPO's "token-level" loss)
+    # every unmasked token of the batch weighs the same (N details; DAPO's "token-level" loss); across the
+    # minibatches and processes of one optimizer step, the loop weighs each minibatch by its tokens
+    # (stages/rlhf_steps.minibatch_weights)
     return masked_mean(x, mask)
 
 
@@ -117,8 +119,11 @@ def kl_loss(
 
         k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1 >= 0,   loss = kl_coef * agg_t k3_t
 
-    k3 is Schulman's unbiased, non-negative estimator of KL(policy || reference) from the policy's own samples;
-    its gradient pulls the policy toward the reference (Shao et al., DeepSeekMath 2024, eq. (4)).
+    k3 is Schulman's unbiased, non-negative estimator of KL(policy || reference) from the policy's own samples
+    (Shao et al., DeepSeekMath 2024, eq. (4)). Its value is that KL; its gradient, with the samples held fixed as
+    a loss holds them, is not: E_policy[(1 - ref/policy) grad log policy] = grad KL(reference || policy), the
+    forward KL. Both pull the policy toward the reference; the KL in the reward (``kl_in="reward"``) is the one
+    whose policy gradient follows KL(policy || reference).
 
     Args:
         logprobs: (batch, response_len), current policy, with gradient.

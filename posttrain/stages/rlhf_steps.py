@@ -230,9 +230,9 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     for epoch in range(ppo.epochs):
         batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), ppo.minibatch_size)
         for start in range(0, len(batches), ppo.grad_accum):
-            chunk = batches[start:start + ppo.grad_accum]
-            for i, rows in enumerate(chunk):
-                mb = rollout.rows(rows)
+            chunk = [rollout.rows(rows) for rows in batches[start:start + ppo.grad_accum]]
+            weights = minibatch_weights(chunk, ppo.loss_aggregation, collective)
+            for i, mb in enumerate(chunk):
                 # 5a. epoch 1's first minibatch already ran its training forward in `score`, on these same weights
                 # (that pass gave its rows' old log-probs): train on its graph instead of a second forward
                 reuse = epoch == 0 and start == 0 and i == 0
@@ -240,7 +240,7 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
                     out = first if reuse else Forward(*optim.model(mb, temperature, entropy_grad=ppo.entropy_coef != 0))
                 losses = minibatch_losses(out, mb, config, kl_in_loss, beta)
                 guard.check_finite(losses.total, "the loss")
-                optim.backward(losses.total / len(chunk))  # the mean over the optimizer step's minibatches
+                optim.backward(losses.total * weights[i])
                 del out
                 for key, value in losses.stats.items():
                     stats[key].append(float(value.detach()))
@@ -256,6 +256,21 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out.update(epoch_stopped_early=float(stopped_early), optimizer_steps=float(steps))
     return out
+
+
+def minibatch_weights(chunk: list, aggregation: str, collective) -> list[float]:
+    """Each minibatch's share of its optimizer step's loss, for the minibatches of ``chunk`` (one optimizer step).
+
+    token_mean: the minibatch's response tokens over the step's tokens on every process, times the number of
+    processes (DDP averages their gradients), so that every token of the step weighs the same wherever it falls
+    (the minibatch's loss is the mean over its own tokens). Without this, a minibatch of 2 tokens accumulated with
+    one of 6 gave each of its tokens 3 times the weight. The other aggregations weigh rows, and every minibatch has
+    as many rows: 1 / minibatches."""
+    if aggregation != "token_mean":
+        return [1.0 / len(chunk)] * len(chunk)
+    tokens = [float(mb.mask.sum()) for mb in chunk]
+    step_tokens = collective.mean({"tokens": sum(tokens)})["tokens"] * collective.world
+    return [collective.world * n / max(step_tokens, 1.0) for n in tokens]
 
 
 def updates_per_step(config: RLHFConfig, responses: int) -> int:

@@ -43,6 +43,76 @@ def test_every_epoch_ends_with_an_optimizer_step_and_the_schedule_reaches_zero(
     assert records[0]["lr"] > 0 and records[-1]["lr"] == 0.0
 
 
+class _Other:
+    """A stand-in collective: this process and ``world - 1`` others with ``other_tokens`` tokens on each."""
+
+    def __init__(self, world: int, other_tokens: float):
+        self.world, self.other_tokens = world, other_tokens
+
+    def mean(self, values):
+        return {k: (v + (self.world - 1) * self.other_tokens) / self.world for k, v in values.items()}
+
+
+@pytest.mark.parametrize("aggregation,world,expected", [
+    # one process, 6 + 2 response tokens in the step: every token's gradient is -A / 8
+    ("token_mean", 1, [-1 / 8] * 8),
+    # another process holds 24 tokens, so the step has 32; DDP halves each process's gradient afterwards, so here
+    # every token gets -A * 2 / 32 (the whole step: -1 / 32 a token)
+    ("token_mean", 2, [-1 / 16] * 8),
+    # sequence_mean weighs rows: each of the 4 rows gets 1/4, shared among its own tokens
+    ("sequence_mean", 1, [-1 / 4 / 5] * 5 + [-1 / 4] * 3),
+])
+def test_accumulated_minibatches_weigh_each_token_as_the_aggregation_says(aggregation, world, expected):
+    """Two minibatches accumulated into one optimizer step, the first with 6 response tokens (5 + 1), the second
+    with 2 (1 + 1), advantage 1 everywhere and the ratio 1: the gradient of the policy loss on each token's
+    log-prob is -1 / (the step's tokens) under token_mean, wherever the token falls. Dividing each minibatch's own
+    token mean by the number of minibatches, as the loop did, gave the first minibatch's tokens -1/12 and the
+    second's -1/4."""
+    from posttrain.config import RLHFConfig
+    from posttrain.stages.rlhf_steps import Forward, update
+    from posttrain.stages.rollout import Rollout
+
+    lengths = torch.tensor([5, 1, 1, 1])
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    zeros = torch.zeros(4, 5)
+    rollout = Rollout(query=torch.ones(4, 2, dtype=torch.long), query_mask=torch.ones(4, 2, dtype=torch.long),
+                      response=torch.ones(4, 5, dtype=torch.long), mask=mask, lengths=lengths, has_stop=lengths < 5,
+                      sampled_logprobs=zeros, prompts=[{}] * 4, order=torch.arange(4), old_logprobs=zeros,
+                      ref_logprobs=zeros, advantages=mask.float(), returns=zeros)
+    theta = torch.zeros(4, 5, requires_grad=True)  # the log-prob of every token (old log-probs are 0: ratio 1)
+    grads = []
+
+    class Optim:
+        def model(self, mb, temperature, entropy_grad=False):
+            return theta[mb.rows, :mb.width], torch.zeros(len(mb.rows), mb.width), None
+
+        def syncing(self, last):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def backward(self, loss):
+            loss.backward()
+
+        def step(self):
+            grads.append(theta.grad.clone())
+            theta.grad = None
+            return {}
+
+    class Guard:
+        def check_finite(self, *args):
+            pass
+
+    config = RLHFConfig()
+    config.ppo.epochs, config.ppo.minibatch_size, config.ppo.grad_accum = 1, 2, 2
+    config.ppo.loss_aggregation, config.rollout.max_new_tokens = aggregation, 5
+    optim = Optim()
+    first = Forward(*optim.model(rollout.rows(torch.arange(2)), 1.0))
+    update(rollout, first, optim, config, False, 0.0, _Other(world, 24.0), Guard())
+    assert len(grads) == 1
+    assert grads[0][mask].tolist() == pytest.approx(expected)
+    assert not grads[0][~mask].any()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_ratio_is_one_before_the_first_update_with_several_minibatches_and_epochs(
         tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
