@@ -201,10 +201,15 @@ def _grpo(x: AdvantageInputs) -> GAE:
 
 
 def _rloo(x: AdvantageInputs) -> GAE:
-    """RLOO: the sequence reward minus the leave-one-out mean of its group, the same at every token."""
-    advantages = _broadcast(leave_one_out_advantages(x.rewards.sum(1), x.group_size), x.mask)
+    """RLOO: the sequence reward minus the leave-one-out mean of its group, the same at every token; whitened over
+    the responses (each response counts once, as TRL's RLOO normalises), not over tokens: a token-weighted mean
+    would let a long response's advantage shift every other one, and could turn a response that beat its
+    baseline into one that is pushed down."""
+    sequence = leave_one_out_advantages(x.rewards.sum(1), x.group_size)
     if x.whiten:
-        advantages = whiten_advantages(advantages, x.mask, x.moments)
+        rows = x.mask.bool().any(dim=1, keepdim=True)
+        sequence = masked_whiten(sequence.unsqueeze(1), rows, shift_mean=True, moments=x.moments).squeeze(1)
+    advantages = _broadcast(sequence, x.mask)
     return GAE(advantages, advantages)
 
 

@@ -85,6 +85,21 @@ def test_group_estimators_give_every_token_of_a_response_its_sequence_advantage(
     torch.testing.assert_close(rloo.advantages, torch.tensor([[2.0, 2.0, 2.0], [-2.0, 0.0, 0.0]]))
 
 
+def test_rloo_whitens_over_responses_not_tokens():
+    """Two groups of 2: rewards (1, -1) with 4 and 1 tokens, (0.1, -0.1) with 1 and 4 tokens. Leave-one-out
+    advantages are (2, -2, 0.2, -0.2): mean 0, unbiased std sqrt(8.08 / 3). Whitened over responses the third
+    keeps its sign: 0.2 / sqrt(8.08 / 3) = 0.1219. Over tokens the mean would be (8 - 2 + 0.2 - 0.8) / 10 = 0.54,
+    and the response that beat its baseline would get a negative advantage."""
+    lengths = torch.tensor([4, 1, 1, 4])
+    mask = torch.arange(4)[None, :] < lengths[:, None]
+    rewards = per_token_rewards(torch.tensor([1.0, -1.0, 0.1, -0.1]), torch.zeros(4, 4), 0.0, mask).rewards
+    out = estimate_advantages("rloo", AdvantageInputs(rewards, None, mask, group_size=2))
+    std = math.sqrt(8.08 / 3)
+    for row, want in enumerate([2 / std, -2 / std, 0.2 / std, -0.2 / std]):
+        torch.testing.assert_close(out.advantages[row][mask[row]], torch.full((int(lengths[row]),), want))
+    assert out.advantages[2, 0] > 0 and not out.advantages[~mask].any()
+
+
 def test_loss_aggregations_by_hand():
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
     mask = torch.tensor([[True, True, True], [True, False, False]])
