@@ -359,8 +359,10 @@ def log_step(step: int, rollout, stats: dict[str, float], beta: float, prompts_c
     """The step's metrics, averaged over processes, into the history; the KL controller takes the step's KL."""
     raw, mask = rollout.raw_scores, rollout.mask
     sequence_kl = rollout.kl.sum(1)
+    rows = torch.ones_like(raw, dtype=torch.bool)[None]
+    _, reward_var = collective.masked_moments(raw.float()[None], rows)  # over every process's rows, not a mean of stds
     local = {
-        "reward_mean": raw.mean().item(), "reward_std": raw.std().item() if len(raw) > 1 else 0.0,
+        "reward_mean": raw.mean().item(), "reward_std": reward_var.sqrt().item(),
         "score_used": rollout.scores.mean().item(), "kl": sequence_kl.mean().item(),
         "non_score_reward": (-beta * sequence_kl).mean().item(),
         "response_length": rollout.lengths.float().mean().item(),

@@ -114,11 +114,10 @@ def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
-    """At step 1 the policy is the reference and the rollout policy: KL is 0 and the ratio is 1 before any update.
-
-    One epoch with one minibatch means the ratio is measured before the only optimizer step of the step.
-    Holds with the base stored in bf16 too: old, reference and new log-probs take the same path."""
+def test_first_step_has_zero_kl(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
+    """At step 1 the policy is the reference: the KL is exactly 0, with the base stored in bf16 too (policy and
+    reference log-probs take the same path). The ratio before the first update is tested where it can fail, with
+    several minibatches scored apart from their training passes (test_rlhf_loop.py)."""
     from posttrain.stages.rlhf import run_rlhf
 
     records = []
@@ -128,9 +127,6 @@ def test_first_step_has_zero_kl_and_unit_ratio(tiny_model_dir, tiny_rm, prompts_
     run_rlhf(config, on_step=lambda roles, record: (records.append(record), dtypes.append(roles.model.get_base_model().dtype)))
     assert dtypes == [torch.float32 if precision == "fp32" else torch.bfloat16]
     assert records[0]["kl"] == 0.0
-    assert records[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert records[0]["clip_frac"] == 0.0
-    assert records[0]["approx_kl"] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
@@ -345,9 +341,9 @@ def test_two_processes_keep_each_prompts_group_on_one_process(tiny_model_dir, ti
 
 def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     """2 processes with 2 responses each against 1 process with 4, one minibatch an epoch: the same prompts (one
-    stream), the same draws per response (fixed by step and global row), whitening over the whole batch, and DDP's
-    average of the two processes' token means equals the one process's token mean when every response has the same
-    number of tokens (a tiny random model never stops early: all run to the 4-token limit). What is left is the
+    stream), the same draws per response (fixed by step and global row), whitening and the logged reward spread
+    over the whole batch, and each process's loss weighted by its share of the step's tokens, so DDP's average is
+    the one process's token mean (stages/rlhf_steps.minibatch_weights). What is left is the
     order of floating-point sums (in fp32: a bf16 base rounds products of different batch shapes differently, and
     Adam's normalisation magnifies that in near-zero gradients), so the adapters agree to 1e-5, not to the bit."""
     from safetensors.torch import load_file
@@ -365,7 +361,8 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(ti
         assert moved and all(torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4) for k in one), name
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
-    assert [h["reward_mean"] for h in a] == pytest.approx([h["reward_mean"] for h in b], abs=1e-5)
+    for key in ("reward_mean", "reward_std"):
+        assert [h[key] for h in a] == pytest.approx([h[key] for h in b], abs=1e-5), key
 
 
 def test_a_nan_on_one_process_stops_every_process_with_the_message(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
