@@ -5,8 +5,8 @@ the same batch: what the critic costs, and how many passes through the body a st
     python bench/rl_step_profile.py --cpu avx2         # oneDNN/ATen limited to AVX2: the fp32 base of a CPU
                                                        # without bf16 units, as bench/ppo_vs_trl.py --cpu avx2
 
-The batch is bench/ppo_vs_trl.py's (8 responses of 32 tokens, 2 epochs x 2 minibatches, LoRA r=16, one thread,
-the reward model made or found as there). Each algorithm runs in its own process; the first step is warm-up and
+The batch is bench/ppo_vs_trl.py's (8 responses of 32 tokens, 2 epochs x 2 minibatches, LoRA r=16, the reward model
+made or found as there); one thread by default here (--threads), as the README's ppo_vs_trl runs used. Each algorithm runs in its own process; the first step is warm-up and
 the rest are averaged. Every call of the roles' passes (Roles.hidden, .forward, .score, .reference_logprobs,
 .rollout) and every backward is timed: nested calls count in each (a forward's hidden pass is in both). Writes
 bench/results/rl_step_profile[_avx2].json.
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the first is warm-up)")
     if args.worker:
         return worker(args)
     from ppo_vs_trl import AVX2_ENV, cpu_description, default_reward_model

@@ -163,7 +163,7 @@ def _run_stage(pipeline: Pipeline, manifest: dict, stage: Stage, resume: bool, l
 
 def pipeline_main(argv: list[str]) -> None:
     """``posttrain pipeline FILE [--dry-run] [--from STAGE] [--output DIR] [--STAGE.KEY VALUE ...]``."""
-    from posttrain.cli import parse_flags
+    from posttrain.commands import parse_flags
 
     if not argv or "-h" in argv or "--help" in argv:
         print(__doc__.split("\n\n", 1)[0] + "\n\nusage: posttrain pipeline FILE [--dry-run] [--from STAGE] [--output DIR] "

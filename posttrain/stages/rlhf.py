@@ -14,7 +14,7 @@ One step, as the loop below reads:
     3. rewards     the KL to the reference, in the per-token reward or kept for the loss (advantages)
     4. advantages  the algorithm's estimator: GAE, group-normalised, leave-one-out, ... (advantages)
     5. update      PPO-clip epochs over minibatches                                     (update)
-    6. log         metrics, held-out evaluation, early stops, checkpoint               (log_step)
+    6. log         metrics, held-out evaluation, early stops, checkpoint   (log_step, evaluate, save)
 """
 
 from __future__ import annotations
