@@ -4,12 +4,14 @@ the same batch: what the critic costs, and how many passes through the body a st
     python bench/rl_step_profile.py                    # PPO and REINFORCE++ (no critic), this CPU's precision
     python bench/rl_step_profile.py --cpu avx2         # oneDNN/ATen limited to AVX2: the fp32 base of a CPU
                                                        # without bf16 units, as bench/ppo_vs_trl.py --cpu avx2
+    python bench/rl_step_profile.py --algos ppo --set ppo.minibatch_size=2 --set ppo.grad_accum=2 --tag micro2
+                                                       # other settings (here: the same optimizer steps in passes of 2)
 
 The batch is bench/ppo_vs_trl.py's (8 responses of 32 tokens, 2 epochs x 2 minibatches, LoRA r=16, the reward model
 made or found as there); one thread by default here (--threads), as the README's ppo_vs_trl runs used. Each algorithm runs in its own process; the first step is warm-up and
-the rest are averaged. Every call of the roles' passes (Roles.hidden, .forward, .score, .reference_logprobs,
+the rest are averaged; each run's peak memory is its own VmHWM (bench/peak_memory.py). Every call of the roles' passes (Roles.hidden, .forward, .score, .reference_logprobs,
 .rollout) and every backward is timed: nested calls count in each (a forward's hidden pass is in both). Writes
-bench/results/rl_step_profile[_avx2].json.
+bench/results/rl_step_profile[_avx2][-TAG].json.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ def worker(args) -> None:
         "model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file, "algo": args.worker,
         "output": tempfile.mkdtemp(), "rollout.batch_size": 8, "rollout.max_new_tokens": 32, "rollout.temperature": 0.7,
         "ppo.minibatch_size": 4, "ppo.epochs": 2, "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": 16,
-        "lora.alpha": 32})
+        "lora.alpha": 32, **dict(item.split("=", 1) for item in args.set)})
     run_rlhf(config, on_step=on_step)
+    from peak_memory import peak_mib
+
     counted = len(steps) - 1
     print("RESULT " + json.dumps({
-        "algo": args.worker, "steps": steps,
+        "algo": args.worker, "steps": steps, "peak_rss_mib": peak_mib(), "settings": args.set,
         "step_seconds": sum(s["step_seconds"] for s in steps[1:]) / counted,
         "phases": {k: sum(s[k] for s in steps[1:]) / counted for k in ("rollout_seconds", "score_seconds", "optimise_seconds")},
         "calls": {name: {"seconds_per_step": totals[name] / counted, "calls_per_step": calls[name] / counted}
@@ -88,6 +92,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per run (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a posttrain rlhf setting for every run")
+    parser.add_argument("--tag", default="", help="names the results file")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -109,12 +115,13 @@ def main() -> None:
     for algo in args.algos.split(","):
         results[algo] = run_worker([sys.executable, __file__, "--worker", algo, "--model", args.model, "--reward-model",
                                     reward_model, "--prompts-file", str(prompts), "--steps", str(args.steps),
-                                    "--threads", str(args.threads)], env)
+                                    "--threads", str(args.threads), *(f"--set={item}" for item in args.set)], env)
         r = results[algo]
-        print(f"{algo}: {r['step_seconds']:.2f} s a step; " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
+        print(f"{algo}: {r['step_seconds']:.2f} s a step, peak {r['peak_rss_mib']:.0f} MiB; " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
         for name, c in r["calls"].items():
             print(f"    {name:<20} {c['seconds_per_step']:7.2f} s a step in {c['calls_per_step']:.0f} calls")
-    out = HERE / "results" / ("rl_step_profile.json" if args.cpu == "native" else f"rl_step_profile_{args.cpu}.json")
+    name = "rl_step_profile" + ("" if args.cpu == "native" else f"_{args.cpu}") + (f"-{args.tag}" if args.tag else "")
+    out = HERE / "results" / f"{name}.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "settings": vars(args),
                                "results": results}, indent=1) + "\n")
     print(f"wrote {out}")

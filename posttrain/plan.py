@@ -155,13 +155,16 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     frozen = int(bool(config.reward_model)) + int(is_adapter_folder(config.model))
     prompt = min(prompt_tokens or rollout.max_prompt_length, rollout.max_prompt_length)
     width = prompt + rollout.max_new_tokens
-    rows = ppo.minibatch_size * (2 if critic else 1)  # policy and critic rows stacked in one pass
+    from posttrain.stages.rlhf_steps import pass_size
+
+    micro = pass_size(ppo.minibatch_size, ppo.micro_batch_size)  # responses per forward/backward pass
+    rows = micro * (2 if critic else 1)  # policy and critic rows stacked in one pass
     attention = attention_for(device, width, "sdpa")
     per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=False, mask=0, attention=attention, seq=width)
     graph = _activations(shape, rows * width, per_layer, act, checkpointing)
     # the policy's log-probs: bf16 logits, their fp32 copy over the temperature kept for the backward pass, and the
     # logsumexp temporaries; one more minibatch's, without a graph, while the first one's graph waits (scoring)
-    logits = ppo.minibatch_size * rollout.max_new_tokens * shape.vocab * (weight + 4 + 4 + 4 + 2)
+    logits = micro * rollout.max_new_tokens * shape.vocab * (weight + 4 + 4 + 4 + 2)
     # sampling: the KV cache of every response, and the policy folded into temporary copies of the base's linear
     # weights (and, on a CPU in bf16, the output layer prepacked for oneDNN)
     kv_cache = shape.layers * 2 * shape.kv_dim * rollout.batch_size * width * act
@@ -174,7 +177,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
         "adapters (fp32)": 4 * lora_params * (trained + frozen),
         "adapter gradients + AdamW": 12 * lora_params * trained,
         f"activations ({rows} rows x {width} tokens, checkpointing {'on' if checkpointing else 'off'})": graph,
-        f"logits ({ppo.minibatch_size} x {rollout.max_new_tokens} response tokens x {shape.vocab})": logits,
+        f"logits ({micro} x {rollout.max_new_tokens} response tokens x {shape.vocab})": logits,
         f"rollout: KV cache + folded policy ({max(sampling - training, 0) / GiB:.2f} GiB beyond training)":
             max(sampling - training, 0),
     }
@@ -184,7 +187,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
              f"each (r={r}); prompts up to {prompt} tokens ({'the longest in --prompts' if prompt_tokens else 'rollout.max_prompt_length'})",
              f"sampling needs {sampling / GiB:.2f} GiB (KV cache {kv_cache / GiB:.2f}, folded policy {folded / GiB:.2f}) and "
              f"training {training / GiB:.2f} GiB, at different times: the larger counts"]
-    return items, notes, {"batch": "ppo.minibatch_size", "length": "rollout.max_new_tokens"}
+    return items, notes, {"batch": "ppo.micro_batch_size", "length": "rollout.max_new_tokens"}
 
 
 def _advice(stage, config, device, checkpointing, knobs, engine, processes, runtime, capacity, prompt_tokens) -> list[str]:

@@ -101,6 +101,10 @@ def check_config(config: RLHFConfig) -> Plan:
     if ppo.minibatch_size < 1 or responses % ppo.minibatch_size:
         raise ConfigError(f"--rollout.batch_size ({responses} responses a step) must be a positive multiple of "
                           f"--ppo.minibatch_size ({ppo.minibatch_size}).")
+    if ppo.micro_batch_size and ppo.minibatch_size % min(ppo.micro_batch_size, ppo.minibatch_size):
+        raise ConfigError(f"--ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of --ppo.micro_batch_size "
+                          f"({ppo.micro_batch_size}), the responses of one forward pass; 0 picks passes of 2 where "
+                          "they divide the minibatch.")
     if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
         raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in

@@ -88,9 +88,10 @@ def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFCo
     the training pass's shape, so their log-probs match it to the bit).
     """
     temperature, ppo = config.rollout.temperature, config.ppo
+    size, per_step = passes(config)
     rollout.order = torch.randperm(len(rollout))
-    views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, ppo.minibatch_size)]
-    with optim.syncing(last=min(ppo.grad_accum, len(views)) == 1):
+    views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, size)]
+    with optim.syncing(last=min(per_step, len(views)) == 1):
         first = Forward(*optim.model(views[0], temperature, entropy_grad=ppo.entropy_coef != 0))
     with torch.no_grad():
         old, ref = (torch.zeros(rollout.mask.shape, device=rollout.mask.device) for _ in range(2))
@@ -218,19 +219,21 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
            collective, guard) -> dict[str, float]:
     """PPO-clip epochs over minibatches of the rollout; returns the mean of each statistic.
 
-    ``ppo.grad_accum`` minibatches make one optimizer step, and every epoch ends with one (its last group may be
-    shorter): no gradient is carried into the next epoch or rollout. Statistics of the minibatches that run
+    A minibatch runs in passes of ``ppo.micro_batch_size`` responses and ``ppo.grad_accum`` minibatches make one
+    optimizer step (see `passes`); every epoch ends with one (its last group may be shorter): no gradient is
+    carried into the next epoch or rollout. Statistics of the minibatches that run
     before the step's first optimizer step are also kept as ``*_before_update``: there the policy is still the
     one that sampled, so the ratio must be 1 and clip fraction and approx-KL 0.
     """
     ppo, temperature = config.ppo, config.rollout.temperature
+    size, per_step = passes(config)
     stats: dict[str, list[float]] = defaultdict(list)
     updated = stopped_early = False
     steps = 0
     for epoch in range(ppo.epochs):
-        batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), ppo.minibatch_size)
-        for start in range(0, len(batches), ppo.grad_accum):
-            chunk = [rollout.rows(rows) for rows in batches[start:start + ppo.grad_accum]]
+        batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), size)
+        for start in range(0, len(batches), per_step):
+            chunk = [rollout.rows(rows) for rows in batches[start:start + per_step]]
             weights = minibatch_weights(chunk, ppo.loss_aggregation, collective)
             for i, mb in enumerate(chunk):
                 # 5a. epoch 1's first minibatch already ran its training forward in `score`, on these same weights
@@ -258,14 +261,34 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     return out
 
 
-def minibatch_weights(chunk: list, aggregation: str, collective) -> list[float]:
-    """Each minibatch's share of its optimizer step's loss, for the minibatches of ``chunk`` (one optimizer step).
+AUTO_MICRO_BATCH = 2  # measured: the same step time as passes of 4, and a smaller peak (config: micro_batch_size)
 
-    token_mean: the minibatch's response tokens over the step's tokens on every process, times the number of
-    processes (DDP averages their gradients), so that every token of the step weighs the same wherever it falls
-    (the minibatch's loss is the mean over its own tokens). Without this, a minibatch of 2 tokens accumulated with
-    one of 6 gave each of its tokens 3 times the weight. The other aggregations weigh rows, and every minibatch has
-    as many rows: 1 / minibatches."""
+
+def pass_size(minibatch_size: int, micro_batch_size: int) -> int:
+    """Responses per forward/backward pass: ``micro_batch_size``, or for 0 passes of 2 where 2 divides the minibatch
+    (else the whole minibatch in one pass)."""
+    if micro_batch_size:
+        return min(micro_batch_size, minibatch_size)
+    return AUTO_MICRO_BATCH if minibatch_size % AUTO_MICRO_BATCH == 0 else minibatch_size
+
+
+def passes(config: RLHFConfig) -> tuple[int, int]:
+    """(responses per forward/backward pass, passes per optimizer step): a minibatch of ``ppo.minibatch_size``
+    responses runs in passes of `pass_size`, and ``ppo.grad_accum`` minibatches make an optimizer step. Smaller
+    passes keep a smaller graph alive for the same update (`minibatch_weights`)."""
+    ppo = config.ppo
+    size = pass_size(ppo.minibatch_size, ppo.micro_batch_size)
+    return size, ppo.grad_accum * (ppo.minibatch_size // size)
+
+
+def minibatch_weights(chunk: list, aggregation: str, collective) -> list[float]:
+    """Each pass's share of its optimizer step's loss, for the passes of ``chunk`` (one optimizer step).
+
+    token_mean: the pass's response tokens over the step's tokens on every process, times the number of processes
+    (DDP averages their gradients), so that every token of the step weighs the same wherever it falls (a pass's
+    loss is the mean over its own tokens). Without this, a pass of 2 tokens accumulated with one of 6 gave each of
+    its tokens 3 times the weight. The other aggregations weigh rows, and every pass has as many rows:
+    1 / passes."""
     if aggregation != "token_mean":
         return [1.0 / len(chunk)] * len(chunk)
     tokens = [float(mb.mask.sum()) for mb in chunk]

@@ -413,3 +413,35 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tiny_rm,
         kept, recomputed = load_file(str(tmp_path / "kept" / name)), load_file(str(tmp_path / "recomputed" / name))
         assert all(torch.allclose(kept[k], recomputed[k], atol=1e-6) for k in kept), name
         assert any(not torch.equal(kept[k], torch.zeros_like(kept[k])) for k in kept if "lora_B" in k)
+
+
+def test_minibatches_in_passes_of_two_train_the_same_weights_as_one_pass(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    """--ppo.micro_batch_size splits a minibatch of 4 responses into forward/backward passes of 2 accumulated into the
+    same optimizer step (each token weighed the same): the adapters end where one pass a minibatch takes them, up to
+    the order of floating-point sums (fp32), and the optimizer makes as many steps."""
+    from safetensors.torch import load_file
+
+    from posttrain.stages.rlhf import run_rlhf
+
+    records = {}
+    for micro in (4, 2):
+        records[micro] = []
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / f"micro{micro}", **{
+            "rollout.batch_size": 8, "ppo.minibatch_size": 4, "ppo.micro_batch_size": micro, "ppo.epochs": 2,
+            "precision": "fp32"}), on_step=lambda roles, record, micro=micro: records[micro].append(record))
+    assert [r["optimizer_steps"] for r in records[2]] == [r["optimizer_steps"] for r in records[4]] == [4.0, 4.0]
+    for name in ("adapter_model.safetensors", "critic/adapter_model.safetensors", "critic/value_head.safetensors"):
+        one, two = load_file(str(tmp_path / "micro4" / name)), load_file(str(tmp_path / "micro2" / name))
+        assert all(torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4) for k in one), name
+    start = load_file(str(tmp_path / "micro4" / "adapter_model.safetensors"))
+    assert any(k for k in start if "lora_B" in k and start[k].abs().sum() > 0), "the policy did not train"
+
+
+def test_micro_batches_must_divide_the_minibatch(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+    from posttrain.stages.rlhf import run_rlhf
+    from posttrain.stages.rlhf_steps import pass_size
+
+    assert [pass_size(m, 0) for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 2, 2]  # 0: passes of 2 where they divide
+    with pytest.raises(ConfigError, match=r"--ppo.minibatch_size \(4\) must be a multiple of --ppo.micro_batch_size \(3\)"):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
+            "rollout.batch_size": 8, "ppo.minibatch_size": 4, "ppo.micro_batch_size": 3}))
