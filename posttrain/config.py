@@ -295,9 +295,10 @@ class PPOSection:
     minibatch_size: int = doc(4, "Responses per optimizer minibatch.", valid=AT_LEAST_1)
     micro_batch_size: int = doc(0, "Responses per forward and backward pass: a minibatch runs in passes of this many, "
                                    "accumulated into its one optimizer step (the same update as one pass, each token "
-                                   "weighed the same). 0: passes of 2 where the minibatch is even, else one pass; "
-                                   "passes of 2 instead of 4 took the same time and 17% (bf16) to 28% (fp32) less "
-                                   "peak memory (bench/rl_step_profile.py, 2026-12-07).", valid=NON_NEGATIVE)
+                                   "weighed the same). 0: passes of 2 with an fp32 base (a CPU without bf16 units: "
+                                   "31% less peak memory for 2% more time), one pass with a bf16 base (there passes "
+                                   "of 2 were 9-26% slower for 17% less memory; bench/rl_step_profile.py, "
+                                   "2026-12-07).", valid=NON_NEGATIVE)
     grad_accum: int = doc(1, "Minibatches accumulated per optimizer step; an epoch always ends with a step "
                              "(its last group may be shorter).", valid=AT_LEAST_1)
     clip_eps: float = doc(0.2, "PPO ratio clip range.", valid=POSITIVE)

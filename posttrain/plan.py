@@ -157,7 +157,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     width = prompt + rollout.max_new_tokens
     from posttrain.stages.rlhf_steps import pass_size
 
-    micro = pass_size(ppo.minibatch_size, ppo.micro_batch_size)  # responses per forward/backward pass
+    micro = pass_size(ppo.minibatch_size, ppo.micro_batch_size, weight == 4)  # responses per forward/backward pass
     rows = micro * (2 if critic else 1)  # policy and critic rows stacked in one pass
     attention = attention_for(device, width, "sdpa")
     per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=False, mask=0, attention=attention, seq=width)

@@ -88,7 +88,7 @@ def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFCo
     the training pass's shape, so their log-probs match it to the bit).
     """
     temperature, ppo = config.rollout.temperature, config.ppo
-    size, per_step = passes(config)
+    size, per_step = optim.pass_size, optim.passes_per_step
     rollout.order = torch.randperm(len(rollout))
     views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, size)]
     with optim.syncing(last=min(per_step, len(views)) == 1):
@@ -184,6 +184,7 @@ class Optimisation:
         self.accelerator = accelerator
         self.groups = roles.parameter_groups()
         self.max_grad_norm = ppo.max_grad_norm
+        self.pass_size, self.passes_per_step = passes(config, roles.dtype)  # responses per pass, passes per step
         optimizer = torch.optim.AdamW([{"params": params} for params in self.groups.values()], lr=ppo.lr, eps=1e-5,
                                       weight_decay=ppo.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
         self.model, self.optimizer = accelerator.prepare(roles, optimizer)
@@ -226,7 +227,7 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     one that sampled, so the ratio must be 1 and clip fraction and approx-KL 0.
     """
     ppo, temperature = config.ppo, config.rollout.temperature
-    size, per_step = passes(config)
+    size, per_step = optim.pass_size, optim.passes_per_step
     stats: dict[str, list[float]] = defaultdict(list)
     updated = stopped_early = False
     steps = 0
@@ -261,23 +262,27 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     return out
 
 
-AUTO_MICRO_BATCH = 2  # measured: the same step time as passes of 4, and a smaller peak (config: micro_batch_size)
+AUTO_MICRO_BATCH = 2  # an fp32 base only: see pass_size
 
 
-def pass_size(minibatch_size: int, micro_batch_size: int) -> int:
-    """Responses per forward/backward pass: ``micro_batch_size``, or for 0 passes of 2 where 2 divides the minibatch
-    (else the whole minibatch in one pass)."""
+def pass_size(minibatch_size: int, micro_batch_size: int, fp32_base: bool) -> int:
+    """Responses per forward/backward pass: ``micro_batch_size``; for 0, passes of 2 where the base is fp32 and 2
+    divides the minibatch, else the whole minibatch in one pass. Measured on the PPO batch of bench/ppo_vs_trl.py
+    (bench/rl_step_profile.py, 2026-12-07, idle): with an fp32 base passes of 2 took 28.9 s a step against 28.4 s and
+    peaked at 2269 MiB against 3292; with a bf16 base they were 9-26% slower (18.4-21.4 s against 16.9 s) for 17%
+    less memory, so a bf16 base keeps one pass."""
     if micro_batch_size:
         return min(micro_batch_size, minibatch_size)
-    return AUTO_MICRO_BATCH if minibatch_size % AUTO_MICRO_BATCH == 0 else minibatch_size
+    auto = fp32_base and minibatch_size % AUTO_MICRO_BATCH == 0
+    return AUTO_MICRO_BATCH if auto else minibatch_size
 
 
-def passes(config: RLHFConfig) -> tuple[int, int]:
+def passes(config: RLHFConfig, base_dtype: torch.dtype) -> tuple[int, int]:
     """(responses per forward/backward pass, passes per optimizer step): a minibatch of ``ppo.minibatch_size``
     responses runs in passes of `pass_size`, and ``ppo.grad_accum`` minibatches make an optimizer step. Smaller
     passes keep a smaller graph alive for the same update (`minibatch_weights`)."""
     ppo = config.ppo
-    size = pass_size(ppo.minibatch_size, ppo.micro_batch_size)
+    size = pass_size(ppo.minibatch_size, ppo.micro_batch_size, base_dtype == torch.float32)
     return size, ppo.grad_accum * (ppo.minibatch_size // size)
 
 

@@ -83,6 +83,8 @@ def test_accumulated_minibatches_weigh_each_token_as_the_aggregation_says(aggreg
     grads = []
 
     class Optim:
+        pass_size, passes_per_step = 2, 2  # minibatches of 2 (one pass each), 2 to an optimizer step
+
         def model(self, mb, temperature, entropy_grad=False):
             return theta[mb.rows, :mb.width], torch.zeros(len(mb.rows), mb.width), None
 
@@ -321,7 +323,7 @@ def test_policy_and_critic_are_clipped_separately_and_not_decayed():
     from posttrain.stages.rlhf_steps import Optimisation
 
     policy, critic = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
-    roles = SimpleNamespace(parameter_groups=lambda: {"policy": [policy], "critic": [critic]})
+    roles = SimpleNamespace(parameter_groups=lambda: {"policy": [policy], "critic": [critic]}, dtype=torch.float32)
     config = RLHFConfig()
     config.ppo.max_grad_norm = 1.0
     optim = Optimisation(roles, config, 1, StandInAccelerator(torch.device("cpu")))
@@ -441,7 +443,10 @@ def test_micro_batches_must_divide_the_minibatch(tiny_model_dir, tiny_rm, prompt
     from posttrain.stages.rlhf import run_rlhf
     from posttrain.stages.rlhf_steps import pass_size
 
-    assert [pass_size(m, 0) for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 2, 2]  # 0: passes of 2 where they divide
+    # 0: passes of 2 where the base is fp32 and they divide the minibatch; one pass with a bf16 base
+    assert [pass_size(m, 0, fp32_base=True) for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 2, 2]
+    assert [pass_size(m, 0, fp32_base=False) for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 4, 8]
+    assert pass_size(4, 2, fp32_base=False) == 2
     with pytest.raises(ConfigError, match=r"--ppo.minibatch_size \(4\) must be a multiple of --ppo.micro_batch_size \(3\)"):
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
             "rollout.batch_size": 8, "ppo.minibatch_size": 4, "ppo.micro_batch_size": 3}))
