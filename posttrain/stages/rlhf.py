@@ -37,7 +37,8 @@ from posttrain.stages.rlhf_report import sample_rows, save_best, write_final
 from posttrain.stages.rlhf_rewards import load_reward_functions, reward_sources, source_weights
 from posttrain.stages.rlhf_roles import load_roles
 from posttrain.stages.rlhf_state import checkpoint_dirs, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from posttrain.stages.rlhf_steps import Optimisation, advantages, collect_rollouts, score, update, updates_per_step
+from posttrain.stages.rlhf_steps import (Optimisation, advantages, collect_rollouts, pass_size, score, update,
+                                         updates_per_step)
 from posttrain.tracking import accelerator_settings, log_metrics, start_tracking, stop_tracking
 
 
@@ -101,10 +102,10 @@ def check_config(config: RLHFConfig) -> Plan:
     if ppo.minibatch_size < 1 or responses % ppo.minibatch_size:
         raise ConfigError(f"--rollout.batch_size ({responses} responses a step) must be a positive multiple of "
                           f"--ppo.minibatch_size ({ppo.minibatch_size}).")
-    if ppo.micro_batch_size and ppo.minibatch_size % min(ppo.micro_batch_size, ppo.minibatch_size):
+    if ppo.micro_batch_size and ppo.minibatch_size % pass_size(ppo.minibatch_size, ppo.micro_batch_size, False):
         raise ConfigError(f"--ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of --ppo.micro_batch_size "
-                          f"({ppo.micro_batch_size}), the responses of one forward pass; 0 picks passes of 2 where "
-                          "they divide the minibatch.")
+                          f"({ppo.micro_batch_size}), the responses of one forward pass; 0 picks the pass size from "
+                          "the base's precision.")
     if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
         raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in
