@@ -6,13 +6,15 @@ batch size and lengths, interleaved in one session.
 
     python bench/ppo_vs_trl.py --cpu avx2           # as on a CPU without AVX512-BF16/AMX (oneDNN and ATen
                                                     # limited to AVX2; posttrain's base then stays fp32)
+    python bench/ppo_vs_trl.py --variant separate:ppo.critic=separate --tag critics
+                                                    # one more posttrain run per round, with other settings
 
 trl 1.12.0 (the last release with PPO) is installed by this script into its own virtualenv
 (bench/.venv-trl112) with the same torch. Each run is a separate process and reports its own peak resident
 memory (VmHWM, which exec resets; see bench/peak_memory.py); the reward model the runs score with is made in a
 subprocess too, so the parent stays small. Runs are interleaved (ours, trl full, trl peft, ours, ...) so machine
 noise hits all three alike. The first PPO step of each run is warm-up and is not counted.
-Writes bench/results/ppo_vs_trl[_avx2].json (with the CPU's bf16 capability and the precision each side used)
+Writes bench/results/ppo_vs_trl[_avx2][-TAG].json (with the CPU's bf16 capability and the precision each side used)
 and prints a table of medians and ratios.
 """
 
@@ -62,7 +64,8 @@ def ours_worker(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = []
-    config = load_config(RLHFConfig, None, {
+    settings = dict(item.split("=", 1) for item in args.set)
+    config = load_config(RLHFConfig, None, {**settings,
         "model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file,
         "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
         "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
@@ -78,7 +81,7 @@ def ours_worker(args) -> None:
 
     run_rlhf(config, on_step=on_step)
     precision = str(frozen_base_dtype(torch.device("cpu"), "auto")).removeprefix("torch.")
-    print("RESULT " + json.dumps({"impl": "posttrain", "step_seconds": seconds, "peak_rss_mib": peak_mib(), "response_length": lengths,
+    print("RESULT " + json.dumps({"impl": "posttrain", "settings": settings, "step_seconds": seconds, "peak_rss_mib": peak_mib(), "response_length": lengths,
                                   "phases": phases, "precision": f"base {precision}, adapters fp32"}))
 
 
@@ -120,6 +123,10 @@ def main() -> None:
     parser.add_argument("--impls", default="posttrain,trl-full,trl-peft")
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native",
                         help="avx2: limit oneDNN/ATen to AVX2 in every worker, as on a CPU without bf16 units")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="another posttrain run in each round, named posttrain-NAME, with these rlhf settings")
+    parser.add_argument("--tag", default="", help="names the results file")
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)  # a worker's settings
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,7 +158,10 @@ def main() -> None:
         "trl-peft": [str(trl_python), str(HERE / "trl_ppo_worker.py"), "--model", model_dir, "--prompts", str(scratch / "prompts.json"),
                      "--layout", "peft", *common],
     }
-    results: dict[str, list[dict]] = {name: [] for name in args.impls.split(",")}
+    for variant in args.variant:
+        name, _, settings = variant.partition(":")
+        commands[f"posttrain-{name}"] = commands["posttrain"] + [f"--set={item}" for item in settings.split(",") if item]
+    results: dict[str, list[dict]] = {name: [] for name in args.impls.split(",") + [f"posttrain-{v.partition(':')[0]}" for v in args.variant]}
     for round_number in range(args.rounds):
         for name in results:
             print(f"round {round_number + 1}/{args.rounds}: {name} ...", flush=True)
@@ -165,17 +175,20 @@ def main() -> None:
                          "precision": runs[0].get("precision", ""), "runs": runs}
     print(f"\nPPO step on {args.model}: batch {args.batch_size}, {args.response_length} new tokens, "
           f"{args.epochs} epochs x {args.minibatches} minibatches, LoRA r={args.lora_r}, {args.rounds} interleaved rounds")
-    print(f"{'implementation':<16}{'s/step':>10}{'peak MiB':>12}{'time ratio':>12}{'memory ratio':>14}")
-    ours = summary.get("posttrain")
+    ours = [name for name in summary if name.startswith("posttrain")]
+    print(f"{'implementation':<20}{'s/step':>10}{'peak MiB':>12}" + "".join(f"{'time, memory ratio of ' + o:>40}" for o in ours))
     for name, s in summary.items():
-        time_ratio = ours["median_step_seconds"] / s["median_step_seconds"] if ours else float("nan")
-        mem_ratio = ours["peak_rss_mib"] / s["peak_rss_mib"] if ours else float("nan")
-        s["posttrain_time_ratio"], s["posttrain_memory_ratio"] = time_ratio, mem_ratio
-        print(f"{name:<16}{s['median_step_seconds']:>10.2f}{s['peak_rss_mib']:>12.0f}{time_ratio:>12.2f}{mem_ratio:>14.2f}")
-    out = HERE / "results" / ("ppo_vs_trl.json" if args.cpu == "native" else f"ppo_vs_trl_{args.cpu}.json")
+        ratios = {o: (summary[o]["median_step_seconds"] / s["median_step_seconds"], summary[o]["peak_rss_mib"] / s["peak_rss_mib"])
+                  for o in ours}
+        s["ratios"] = {o: {"time": t, "memory": m} for o, (t, m) in ratios.items()}
+        if "posttrain" in ratios:  # the defaults' ratios, as before variants
+            s["posttrain_time_ratio"], s["posttrain_memory_ratio"] = ratios["posttrain"]
+        print(f"{name:<20}{s['median_step_seconds']:>10.2f}{s['peak_rss_mib']:>12.0f}"
+              + "".join(f"{f'{t:.2f}, {m:.2f}':>40}" for t, m in ratios.values()))
+    out = HERE / "results" / ("ppo_vs_trl" + ("" if args.cpu == "native" else f"_{args.cpu}") + (f"-{args.tag}" if args.tag else "") + ".json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"settings": vars(args), "cpu": cpu_description(), "summary": summary}, indent=2) + "\n")
-    print(f"\nratios are posttrain / that implementation (lower is better); written to {out}")
+    print(f"\nratios are each posttrain run's / that implementation's (lower is better); written to {out}")
 
 
 if __name__ == "__main__":

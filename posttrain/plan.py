@@ -149,16 +149,17 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     weight = 2 if base_dtype == torch.bfloat16 else 4
     act = weight  # adapters' products run under bf16 autocast with a bf16 base
     critic = config.algo == "ppo"
+    critic_adapter = critic and config.ppo.critic == "separate"
     r, targets = _adapter_shape(config.model, config.lora.r, config.lora.target_modules)
     lora_params = shape.lora_params(r, targets)
-    trained = 2 if critic else 1
+    trained = 2 if critic_adapter else 1
     frozen = int(bool(config.reward_model)) + int(is_adapter_folder(config.model))
     prompt = min(prompt_tokens or rollout.max_prompt_length, rollout.max_prompt_length)
     width = prompt + rollout.max_new_tokens
     from posttrain.stages.rlhf_steps import pass_size
 
     micro = pass_size(ppo.minibatch_size, ppo.micro_batch_size, weight == 4)  # responses per forward/backward pass
-    rows = micro * (2 if critic else 1)  # policy and critic rows stacked in one pass
+    rows = micro * (2 if critic_adapter else 1)  # policy and critic rows stacked in one pass
     attention = attention_for(device, width, "sdpa")
     per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=False, mask=0, attention=attention, seq=width)
     graph = _activations(shape, rows * width, per_layer, act, checkpointing)
@@ -181,7 +182,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
         f"rollout: KV cache + folded policy ({max(sampling - training, 0) / GiB:.2f} GiB beyond training)":
             max(sampling - training, 0),
     }
-    roles = ["policy"] + (["critic"] if critic else []) + (["reward"] if config.reward_model else []) + \
+    roles = ["policy"] + (["critic"] if critic_adapter else ["value head"] if critic else []) + (["reward"] if config.reward_model else []) + \
         (["reference"] if is_adapter_folder(config.model) else [])
     notes = [f"{shape.params / 1e6:.1f} M base parameters; roles {', '.join(roles)}: {lora_params / 1e6:.2f} M LoRA "
              f"each (r={r}); prompts up to {prompt} tokens ({'the longest in --prompts' if prompt_tokens else 'rollout.max_prompt_length'})",

@@ -113,6 +113,22 @@ def test_plan_for_rlhf_reads_the_longest_prompt_and_counts_every_role(tiny_model
     assert "the longest in --prompts" in out
 
 
+def test_plan_for_a_shared_critic_counts_the_policys_rows_alone(tiny_model_dir, tmp_path, capsys):
+    """A shared critic has no adapter and no rows of its own in the training pass: the plan counts half the
+    activation rows, one trained adapter, and names a value head instead of a critic."""
+    from posttrain.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    outs = []
+    for critic in ("separate", "shared"):
+        assert main(["plan", "rlhf", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--device", "cuda",
+                     "--memory", "80", "--ppo.critic", critic]) == 0
+        outs.append(capsys.readouterr().out)
+    assert "activations (8 rows" in outs[0] and "activations (4 rows" in outs[1]
+    assert "roles policy, critic:" in outs[0] and "roles policy, value head:" in outs[1]
+
+
 def test_plan_refuses_what_it_cannot_plan(capsys):
     from posttrain.cli import main
 

@@ -70,8 +70,10 @@ def write_final(output: Path, config: RLHFConfig, roles, base_path: str, history
     sources = sorted({k[len("reward/"):] for h in history for k in h if k.startswith("reward/")})
     with finished_checkpoint(output) as folder:
         save_adapter(roles.model, POLICY, folder, base_path)
-        if roles.has_critic:
+        if roles.critic_adapter:
             save_adapter(roles.model, CRITIC, folder / "critic", base_path)
+        if roles.has_critic:
+            (folder / "critic").mkdir(exist_ok=True)
             save_file({k: v.detach().cpu() for k, v in roles.value_head.state_dict().items()},
                       str(folder / "critic" / "value_head.safetensors"))
         roles.tokenizer.save_pretrained(folder)

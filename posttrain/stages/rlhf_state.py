@@ -173,7 +173,7 @@ def save_checkpoint(output: Path, step: int, roles, base_path: str, state: dict[
     try:
         with atomic_folder(final) as tmp:  # a kill leaves a hidden scratch folder, removed on the next save or resume
             save_adapter(roles.model, "policy", tmp / "policy", base_path)
-            if roles.has_critic:
+            if roles.critic_adapter:
                 save_adapter(roles.model, "critic", tmp / "critic", base_path)
             kill_point(f"checkpoint-{step}")  # test-only: a kill in the middle of the write
             if roles.has_critic:
@@ -221,7 +221,8 @@ def load_checkpoint(folder: Path, roles) -> dict[str, Any]:
     remove_partial_checkpoints(folder.parent.parent)
     record = _read_record(folder)
     load_adapter_weights(roles.model, "policy", folder / "policy")
-    if roles.has_critic:
+    if roles.critic_adapter:
         load_adapter_weights(roles.model, "critic", folder / "critic")
+    if roles.has_critic:
         roles.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
     return decode_state(record["state"], load_file(str(folder / STATE_TENSORS)))

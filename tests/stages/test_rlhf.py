@@ -113,6 +113,31 @@ def test_policy_and_critic_move_while_base_reference_and_reward_stay(tiny_model_
         assert key in history[0], key
 
 
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_the_value_loss_trains_the_policy_adapter_only_with_a_shared_critic(tiny_model_dir, tiny_rm, prompts_file,
+                                                                             tmp_path, critic):
+    """A shared critic (--ppo.critic shared) is a value head on the policy's hidden states: there is no critic
+    adapter, the head trains, and the value loss's gradient reaches the policy's adapter, so the value loss's weight
+    changes the policy's first update; with a separate critic it cannot."""
+    from posttrain.stages.rlhf import run_rlhf
+
+    policies, seen = [], []
+
+    def on_step(roles, record):
+        policies.append(adapter_state(roles, "policy"))
+        seen.append(([n for n, _ in roles.model.named_parameters() if ".critic." in n], roles.value_head.weight.detach().clone(),
+                     record["value_loss"]))
+
+    for vf_coef in (0.0, 1.0):
+        run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / f"vf{vf_coef}", **{
+            "ppo.steps": 1, "ppo.critic": critic, "ppo.vf_coef": vf_coef}), on_step=on_step)
+    critic_params, head, value_loss = seen[1]
+    assert bool(critic_params) == (critic == "separate")
+    assert head.any() and value_loss > 0
+    same = all(torch.equal(policies[0][k], policies[1][k]) for k in policies[0])
+    assert same == (critic == "separate")
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_first_step_has_zero_kl(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
     """At step 1 the policy is the reference: the KL is exactly 0, with the base stored in bf16 too (policy and
@@ -259,12 +284,14 @@ def test_policy_from_sft_adapter_keeps_a_frozen_reference_copy(tiny_model_dir, t
     assert all(torch.equal(references[0][k], references[1][k]) for k in references[0])
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm, prompts_file, tmp_path, critic):
     from safetensors.torch import load_file
 
     from posttrain.stages.rlhf import run_rlhf
 
-    settings = {"ppo.steps": 4, "ppo.save_steps": 2, "ppo.epochs": 2, "ppo.adaptive_kl": True, "ppo.normalize_rewards": True}
+    settings = {"ppo.steps": 4, "ppo.save_steps": 2, "ppo.epochs": 2, "ppo.adaptive_kl": True, "ppo.normalize_rewards": True,
+                "ppo.critic": critic}
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "straight", **settings))
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "killed", **settings), halt_after_step=3)
     # the halted run left checkpoints but no finished output
@@ -275,6 +302,9 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm,
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    heads = [load_file(str(tmp_path / run / "critic" / "value_head.safetensors")) for run in ("straight", "killed")]
+    assert heads[0]["weight"].any() and torch.equal(heads[0]["weight"], heads[1]["weight"])
+    assert (tmp_path / "straight" / "critic" / "adapter_model.safetensors").is_file() == (critic == "separate")
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
     assert [h["reward_mean"] for h in a] == [h["reward_mean"] for h in b]

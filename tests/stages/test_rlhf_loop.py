@@ -115,9 +115,9 @@ def test_accumulated_minibatches_weigh_each_token_as_the_aggregation_says(aggreg
     assert not grads[0][~mask].any()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision, critic", [("fp32", "separate"), ("bf16", "separate"), ("bf16", "shared")])
 def test_ratio_is_one_before_the_first_update_with_several_minibatches_and_epochs(
-        tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
+        tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision, critic):
     """Old log-probs come from the scoring passes, new ones from the training passes. With 4 minibatches accumulated
     into one optimizer step, every minibatch of the first epoch is scored before any update: there the ratio must
     be exactly 1, clip fraction and approx-KL exactly 0, at every step (not only the first) and in bf16 too. The
@@ -127,7 +127,7 @@ def test_ratio_is_one_before_the_first_update_with_several_minibatches_and_epoch
     records = []
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
         "rollout.batch_size": 8, "ppo.minibatch_size": 2, "ppo.grad_accum": 4, "ppo.epochs": 2, "ppo.steps": 2,
-        "ppo.lr": 5e-2, "precision": precision}), on_step=lambda roles, record: records.append(record))
+        "ppo.lr": 5e-2, "precision": precision, "ppo.critic": critic}), on_step=lambda roles, record: records.append(record))
     for record in records:
         assert record["ratio_before_update"] == pytest.approx(1.0, abs=1e-6)
         assert record["clip_frac_before_update"] == 0.0

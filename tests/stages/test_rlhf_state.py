@@ -91,7 +91,7 @@ def roles(tiny_model_dir):
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_()
-    return SimpleNamespace(model=model, value_head=torch.nn.Linear(32, 1), has_critic=True)
+    return SimpleNamespace(model=model, value_head=torch.nn.Linear(32, 1), has_critic=True, critic_adapter=True)
 
 
 def test_save_then_load_gives_back_the_loops_state_and_no_pickle(roles, tmp_path):
