@@ -65,11 +65,15 @@ def ours_worker(args) -> None:
         torch.set_num_threads(args.threads)
     seconds = []
     settings = dict(item.split("=", 1) for item in args.set)
-    config = load_config(RLHFConfig, None, {**settings,
-        "model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file,
-        "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
-        "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
-        "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r})
+    fixed = {"model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file,
+             "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
+             "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
+             "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r}
+    if settings.keys() & fixed.keys():  # both sides run these: set them with the script's own flags
+        raise SystemExit(f"--set/--variant {', '.join(sorted(settings.keys() & fixed.keys()))}: the benchmark sets this "
+                         "for every implementation alike; use its own flags (--batch-size, --response-length, --epochs, "
+                         "--minibatches, --steps, --lora-r, --model).")
+    config = load_config(RLHFConfig, None, {**settings, **fixed})
     lengths, phases = [], []
 
     def on_step(roles, record):

@@ -182,8 +182,9 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
         f"rollout: KV cache + folded policy ({max(sampling - training, 0) / GiB:.2f} GiB beyond training)":
             max(sampling - training, 0),
     }
-    roles = ["policy"] + (["critic"] if critic_adapter else ["value head"] if critic else []) + (["reward"] if config.reward_model else []) + \
-        (["reference"] if is_adapter_folder(config.model) else [])
+    critic_role = ["critic"] if critic_adapter else ["value head"] if critic else []
+    roles = (["policy"] + critic_role + (["reward"] if config.reward_model else [])
+             + (["reference"] if is_adapter_folder(config.model) else []))
     notes = [f"{shape.params / 1e6:.1f} M base parameters; roles {', '.join(roles)}: {lora_params / 1e6:.2f} M LoRA "
              f"each (r={r}); prompts up to {prompt} tokens ({'the longest in --prompts' if prompt_tokens else 'rollout.max_prompt_length'})",
              f"sampling needs {sampling / GiB:.2f} GiB (KV cache {kv_cache / GiB:.2f}, folded policy {folded / GiB:.2f}) and "

@@ -32,8 +32,9 @@ RUN_SETTINGS = "posttrain_run.json"  # under checkpoints/: the settings of the r
 INCOMPLETE = "incomplete-"  # prefix of a checkpoint set aside because a kill or a full disk cut its write short
 # settings a resumed run may change: they decide what is logged and saved, not what is trained
 FREE_ON_RESUME = {"resume", "output", "report_to", "push_to_hub", "train.logging_steps", "train.save_steps", "ppo.save_steps"}
-# settings added to posttrain whose default is not what runs saved before them did: the value those runs used
-BEFORE_THE_KEY = {"pooling": "last"}
+# settings added to posttrain since runs were saved without them: the value those runs used (a default that did not
+# change is listed too where the setting decides what a checkpoint holds, as ppo.critic does)
+BEFORE_THE_KEY = {"pooling": "last", "ppo.critic": "separate"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 KILL_AT = "POSTTRAIN_TEST_KILL_AT"  # test-only: the point at which kill_point() SIGKILLs the process
 

@@ -108,6 +108,8 @@ def check_config(config: RLHFConfig) -> Plan:
                           "the base's precision.")
     if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
         raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
+    if config.algo != "ppo" and ppo.critic != "separate":
+        log(f"--ppo.critic {ppo.critic} has no effect with --algo {config.algo}, which trains no critic")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in
     return Plan(algo, group, kl_in == "loss", responses)
 

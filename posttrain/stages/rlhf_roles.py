@@ -97,6 +97,14 @@ def load_head(folder: Path, hidden_size: int) -> nn.Linear:
     return head.float()
 
 
+def zero_head(hidden_size: int) -> nn.Linear:
+    """A scalar head that predicts 0 everywhere: the value head where no reward model's head can seed it."""
+    head = nn.Linear(hidden_size, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class Roles(nn.Module):
     """The shared base with its adapters and heads; the trainable parts are the policy and, for PPO, the critic
     and its value head. Built by :func:`load_roles`."""
@@ -174,12 +182,16 @@ class Roles(nn.Module):
             param.requires_grad_(any(belongs_to(param_name, name) for name in self._trainable))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The trained parameters by role: "policy" (its LoRA and new token rows) and, with a critic, "critic"
-        (its LoRA, if it has one, and the value head). Each is clipped on its own."""
+        """The trained parameters by role, each clipped on its own: "policy" (its LoRA and new token rows) and, with
+        a critic adapter, "critic" (that adapter and the value head). A shared critic's head is in the policy's group:
+        the value loss's gradient reaches the policy's LoRA through the shared pass, and one loss's gradient is
+        clipped at one scale (TRL's PPOTrainer clips every parameter together)."""
         groups = {POLICY: [p for n, p in self.model.named_parameters() if belongs_to(n, POLICY)]}
-        if self.has_critic:
+        if self.critic_adapter:
             groups[CRITIC] = [p for n, p in self.model.named_parameters() if belongs_to(n, CRITIC)]
             groups[CRITIC] += list(self.value_head.parameters())
+        elif self.has_critic:
+            groups[POLICY] += list(self.value_head.parameters())
         return groups
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -387,7 +399,7 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
     log(f"base weights in {str(dtype).removeprefix('torch.')}; adapters, heads and optimizer in float32")
 
     # 2. reward model and critic: on the shared base when the reward model was trained on it
-    shared = rm_folder is not None and _same_base(adapter_base(rm_folder), loaded.base_model)
+    rm_on_base = rm_folder is not None and _same_base(adapter_base(rm_folder), loaded.base_model)
     critic_adapter = critic and config.ppo.critic == "separate"
     value_head = None
     if critic and not critic_adapter:
@@ -395,14 +407,9 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         # policy's hidden states where it was trained on the reward adapter's), else at zero. Measured (draw 0, seed 0,
         # README: Online RL): 0.667 and 0.719 win-rate against the separate critic's 0.896 and 0.740, in 0.64 of its
         # time; from zero 0.719 and 0.500; the head alone trained (the hidden states detached) 0.812 and 0.594
-        if shared:
-            value_head = load_head(rm_folder, hidden).to(device)
-        else:
-            value_head = nn.Linear(hidden, 1).to(device)
-            nn.init.zeros_(value_head.weight)
-            nn.init.zeros_(value_head.bias)
+        value_head = (load_head(rm_folder, hidden) if rm_on_base else zero_head(hidden)).to(device)
         log("the critic is a value head on the policy's hidden states (--ppo.critic shared): no adapter of its own")
-    if shared:
+    if rm_on_base:
         _check_tokenizer(rm_folder, tokenizer)
         load_lora_weights(model, rm_folder, REWARD, trainable=False)
         if critic_adapter:
@@ -415,16 +422,14 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
             + (f"; the critic starts from it (adapter '{CRITIC}')" if critic_adapter else ""))
     elif critic_adapter:
         model.add_adapter(CRITIC, lora_config(LoraSection(**{**vars(config.lora), "dropout": 0.0})))
-        value_head = nn.Linear(hidden, 1).to(device)
-        nn.init.zeros_(value_head.weight)
-        nn.init.zeros_(value_head.bias)
+        value_head = zero_head(hidden).to(device)
     roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype, config.ppo.critic)
     if checkpointing_wanted("rlhf", config):
         # the model stays in eval mode (no dropout), and a layer's recomputation in the backward pass must run the
         # adapters its forward ran: recompute_context puts them back
         enable_gradient_checkpointing(model, recompute_context=roles.recompute_context, in_eval_mode=True)
         log("gradient checkpointing: activations are recomputed in the backward pass")
-    if shared:
+    if rm_on_base:
         from posttrain.stages.reward_model import checkpoint_pooling
 
         roles.reward_head = load_head(rm_folder, hidden).to(device).requires_grad_(False)

@@ -118,22 +118,29 @@ def test_the_value_loss_trains_the_policy_adapter_only_with_a_shared_critic(tiny
                                                                              tmp_path, critic):
     """A shared critic (--ppo.critic shared) is a value head on the policy's hidden states: there is no critic
     adapter, the head trains, and the value loss's gradient reaches the policy's adapter, so the value loss's weight
-    changes the policy's first update; with a separate critic it cannot."""
+    changes the policy's first update; with a separate critic it cannot. The head is clipped with the adapter its
+    loss trains: the policy's group when shared, the critic's when separate."""
     from posttrain.stages.rlhf import run_rlhf
+    from posttrain.stages.rlhf_roles import load_head
 
     policies, seen = [], []
 
     def on_step(roles, record):
         policies.append(adapter_state(roles, "policy"))
+        groups = {name: {id(p) for p in params} for name, params in roles.parameter_groups().items()}
+        head_group = [name for name, ids in groups.items() if id(roles.value_head.weight) in ids]
         seen.append(([n for n, _ in roles.model.named_parameters() if ".critic." in n], roles.value_head.weight.detach().clone(),
-                     record["value_loss"]))
+                     record["value_loss"], head_group))
 
     for vf_coef in (0.0, 1.0):
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / f"vf{vf_coef}", **{
             "ppo.steps": 1, "ppo.critic": critic, "ppo.vf_coef": vf_coef}), on_step=on_step)
-    critic_params, head, value_loss = seen[1]
+    critic_params, head, value_loss, head_group = seen[1]
     assert bool(critic_params) == (critic == "separate")
-    assert head.any() and value_loss > 0
+    assert head_group == (["critic"] if critic == "separate" else ["policy"])
+    # both start from the reward model's head (it shares the base); the value loss moved it
+    start = load_head(Path(tiny_rm), head.shape[1]).weight
+    assert value_loss > 0 and not torch.equal(head, start)
     same = all(torch.equal(policies[0][k], policies[1][k]) for k in policies[0])
     assert same == (critic == "separate")
 
@@ -303,7 +310,9 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm,
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     heads = [load_file(str(tmp_path / run / "critic" / "value_head.safetensors")) for run in ("straight", "killed")]
-    assert heads[0]["weight"].any() and torch.equal(heads[0]["weight"], heads[1]["weight"])
+    start = load_file(str(Path(tiny_rm) / "reward_head.safetensors"))["weight"].float()
+    assert not torch.equal(heads[0]["weight"], start), "the value head did not train"
+    assert torch.equal(heads[0]["weight"], heads[1]["weight"])
     assert (tmp_path / "straight" / "critic" / "adapter_model.safetensors").is_file() == (critic == "separate")
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]

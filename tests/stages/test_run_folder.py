@@ -145,6 +145,10 @@ def test_a_run_saved_before_a_setting_existed_is_compared_with_what_it_used():
     check_resume_settings(saved, {"train.lr": 3e-4, "pooling": "last"}, Path("out/checkpoints"))
     check_resume_settings(saved, {"train.lr": 3e-4}, Path("out/checkpoints"))
     check_resume_settings({**saved, "pooling": "mean"}, {"train.lr": 3e-4, "pooling": "mean"}, Path("out/checkpoints"))
+    # an RL run saved before --ppo.critic existed trained a critic adapter: resuming it as a shared critic is refused
+    with pytest.raises(StageError, match="ppo.critic: saved 'separate', now 'shared'"):
+        check_resume_settings({"ppo.lr": 2e-4}, {"ppo.lr": 2e-4, "ppo.critic": "shared"}, Path("out/checkpoints"))
+    check_resume_settings({"ppo.lr": 2e-4}, {"ppo.lr": 2e-4, "ppo.critic": "separate"}, Path("out/checkpoints"))
 
 
 @pytest.mark.parametrize("leftover", ["lock", "checkpoints", ".writing", "posttrain_config.yaml"])
