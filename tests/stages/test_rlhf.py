@@ -161,6 +161,23 @@ def test_first_step_has_zero_kl(tiny_model_dir, tiny_rm, prompts_file, tmp_path,
     assert records[0]["kl"] == 0.0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_plan_counts_the_fp32_output_layer_the_stage_makes(tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision):
+    """With a bf16 base the log-probs come from fp32 logits through an fp32 copy of the output layer: `posttrain
+    plan rlhf` counts that copy at the size the stage allocates, and none with an fp32 base."""
+    from posttrain.footprint import read_shape
+    from posttrain.plan import _rlhf
+    from posttrain.stages.rlhf import run_rlhf
+
+    config = ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{"ppo.steps": 1, "precision": precision})
+    made = []
+    run_rlhf(config, on_step=lambda roles, record: made.append(roles._head_fp32))
+    items, _, _ = _rlhf(read_shape(str(tiny_model_dir)), config, "cpu", False, None)
+    planned = items.get("output layer in fp32 (the log-probs' logits)", 0)
+    actual = 0 if made[0] is None else made[0].numel() * made[0].element_size()
+    assert planned == actual and (actual > 0) == (precision == "bf16")
+
+
 def test_rollouts_fold_the_policy_into_the_weights_without_touching_them(tiny_model_dir, tiny_rm, prompts_file, tmp_path):
     """Sampling runs on base weights with the policy's LoRA delta folded in: the same function as the unmerged
     adapter, and the base tensors are back as they were afterwards."""
