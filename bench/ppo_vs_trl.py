@@ -65,15 +65,7 @@ def ours_worker(args) -> None:
         torch.set_num_threads(args.threads)
     seconds = []
     settings = dict(item.split("=", 1) for item in args.set)
-    fixed = {"model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file,
-             "output": tempfile.mkdtemp(), "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
-             "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches, "ppo.epochs": args.epochs,
-             "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r, "lora.alpha": 2 * args.lora_r}
-    if settings.keys() & fixed.keys():  # both sides run these: set them with the script's own flags
-        raise SystemExit(f"--set/--variant {', '.join(sorted(settings.keys() & fixed.keys()))}: the benchmark sets this "
-                         "for every implementation alike; use its own flags (--batch-size, --response-length, --epochs, "
-                         "--minibatches, --steps, --lora-r, --model).")
-    config = load_config(RLHFConfig, None, {**settings, **fixed})
+    config = load_config(RLHFConfig, None, {**settings, **shared_settings(args, tempfile.mkdtemp())})
     lengths, phases = [], []
 
     def on_step(roles, record):
@@ -101,6 +93,44 @@ def default_reward_model(model: str, env: dict) -> str:
                         str(REPO / "data_samples/preferences.jsonl"), "--output", str(folder), "--max-steps", "2",
                         "--train.eval_split", "0.05"], check=True, env=env)
     return str(folder)
+
+
+def shared_settings(args, output: str) -> dict:
+    """What every implementation runs alike, from the script's own flags (a variant may not change them)."""
+    return {"model": args.model, "reward_model": args.reward_model, "prompts": args.prompts_file, "output": output,
+            "rollout.batch_size": args.batch_size, "rollout.max_new_tokens": args.response_length,
+            "rollout.temperature": 0.7, "ppo.minibatch_size": args.batch_size // args.minibatches,
+            "ppo.epochs": args.epochs, "ppo.steps": args.steps, "ppo.save_steps": 0, "lora.r": args.lora_r,
+            "lora.alpha": 2 * args.lora_r}
+
+
+def check_variants(args) -> None:
+    """Refuse, before any run, a --variant that is malformed or changes a setting every implementation shares (under
+    any spelling or alias: both configs are loaded and compared)."""
+    from posttrain.config import ConfigError, RLHFConfig, load_config, to_dict
+
+    fixed = shared_settings(args, "out")
+    for variant in args.variant:
+        name, _, items = variant.partition(":")
+        pairs = [item.split("=", 1) for item in items.split(",") if item]
+        if not name or not pairs or any(len(pair) != 2 for pair in pairs):
+            raise SystemExit(f"--variant {variant!r}: write NAME:KEY=VALUE[,KEY=VALUE], e.g. shared:ppo.critic=shared")
+        try:
+            tried = to_dict(load_config(RLHFConfig, None, {**fixed, **dict(pairs)}))
+        except ConfigError as err:
+            raise SystemExit(f"--variant {variant!r}: {err}") from None
+        base = to_dict(load_config(RLHFConfig, None, fixed))
+        changed = [key for key in fixed if _get(tried, key) != _get(base, key)]
+        if changed:
+            raise SystemExit(f"--variant {variant!r} changes {', '.join(changed)}, which the benchmark sets for every "
+                             "implementation alike: use its own flags (--batch-size, --response-length, --epochs, "
+                             "--minibatches, --steps, --lora-r, --model).")
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def cpu_description() -> dict:
@@ -138,6 +168,7 @@ def main() -> None:
         return ours_worker(args)
     if args.cpu == "avx2":
         os.environ.update(AVX2_ENV)  # before anything reads it: this process's cpu_has_fast_bf16, and every worker
+    check_variants(args)
 
     from posttrain.data import load_prompts
     from posttrain.models import resolve_model

@@ -311,8 +311,9 @@ class PPOSection:
                     "quality tasks (0.67/0.72 against 0.90/0.74; README: Online RL).")
     vf_coef: float = doc(0.1, "Weight of the value loss.", valid=NON_NEGATIVE)
     entropy_coef: float = doc(0.0, "Weight of the entropy bonus.", valid=NON_NEGATIVE)
-    max_grad_norm: float = doc(1.0, "Gradient clipping norm, applied to the policy and to the critic (its adapter and value "
-                               "head) separately.",
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm, applied separately to the policy (with a shared critic, including "
+                               "the value loss's gradient on its adapter) and to the critic (its adapter, if any, and "
+                               "the value head).",
                                valid=POSITIVE)
     target_approx_kl: float = doc(0.0, "Stop an epoch early when approx-KL(old||new) passes this (0 disables).", valid=NON_NEGATIVE)
     gamma: float = doc(1.0, "Discount for GAE and REINFORCE++ returns.", valid=SHARE)

@@ -178,7 +178,7 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
         "adapters (fp32)": 4 * lora_params * (trained + frozen),
         "adapter gradients + AdamW": 12 * lora_params * trained,
         # with a half-precision base the log-probs come from fp32 logits: the output layer's fp32 copy, made once
-        **({"output layer in fp32 (the log-probs' logits)": shape.vocab * shape.hidden * 4} if weight == 2 else {}),
+        **({"output layer in fp32 (the log-probs' logits)": shape.vocab * shape.hidden * 4} if base_dtype != torch.float32 else {}),
         f"activations ({rows} rows x {width} tokens, checkpointing {'on' if checkpointing else 'off'})": graph,
         f"logits ({micro} x {rollout.max_new_tokens} response tokens x {shape.vocab})": logits,
         f"rollout: KV cache + folded policy ({max(sampling - training, 0) / GiB:.2f} GiB beyond training)":

@@ -108,8 +108,6 @@ def check_config(config: RLHFConfig) -> Plan:
                           "the base's precision.")
     if ppo.grad_accum < 1 or ppo.epochs < 1 or ppo.steps < 1:
         raise ConfigError("--ppo.grad_accum, --ppo.epochs and --ppo.steps must be at least 1.")
-    if config.algo != "ppo" and ppo.critic != "separate":
-        log(f"--ppo.critic {ppo.critic} has no effect with --algo {config.algo}, which trains no critic")
     kl_in = algo.kl_in if ppo.kl_in == "auto" else ppo.kl_in
     return Plan(algo, group, kl_in == "loss", responses)
 
@@ -291,6 +289,8 @@ def start(config: RLHFConfig, accelerator=None) -> tuple[Session, RunState]:
     start_tracking(accelerator, config)  # --report_to: the rows of metrics.json, step by step
     rank = accelerator.process_index
     torch.manual_seed(config.ppo.seed)  # every process builds identical fresh adapters
+    if not plan.algo.critic and config.ppo.critic != "separate":
+        log(f"--ppo.critic {config.ppo.critic} has no effect with --algo {config.algo}, which trains no critic")
     roles = load_roles(config, accelerator.device, critic=plan.algo.critic)
     torch.manual_seed(config.ppo.seed + rank)  # and samples its own rollouts
     sources = reward_sources(config, roles, functions)
