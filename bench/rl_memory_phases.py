@@ -5,7 +5,7 @@
 
 bench/plan_check.py compares the plan's total with the run's whole peak (VmHWM); this says which phase holds the
 peak and how much each phase adds above its entry: a thread reads VmRSS every 5 ms while the loop's steps
-(collect_rollouts, score, advantages, update, save) are wrapped to name the phase. The reward model is a 3-step
+(collect_rollouts, score, advantages, update, save) are wrapped to name the phase and the step it belongs to. The reward model is a 3-step
 `posttrain rm` on plan_check's pairs, trained in a subprocess so that this process's peak is the RL run's alone.
 Writes bench/results/rl_memory_phases.json and prints the table.
 """
@@ -44,6 +44,7 @@ class PhaseMemory:
         self.phase, self.interval, self.running = "load", interval, True
         self.peak: dict[str, float] = {}
         self.entry: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
@@ -58,8 +59,10 @@ class PhaseMemory:
 
     def _wrapped(self, name: str, function):
         def run(*args, **kwargs):
-            outer, self.phase = self.phase, name
-            self.entry.setdefault(name, resident_mib())  # the first step's: nothing freed by an earlier step yet
+            self.calls[name] = self.calls.get(name, 0) + 1
+            label = f"{name}, step {self.calls[name]}"  # each step's call apart: a later one starts from what the
+            outer, self.phase = self.phase, label    # earlier steps left resident
+            self.entry[label] = resident_mib()
             try:
                 return function(*args, **kwargs)
             finally:
@@ -105,15 +108,15 @@ def main() -> None:
         rlhf.run_rlhf(config)
         memory.stop()
     peak = resident_mib("VmHWM")
-    rows = [{"phase": name, "entry_mib": round(memory.entry.get(name, 0)), "peak_mib": round(memory.peak.get(name, 0))}
-            for name in ("load", *PHASES) if name in memory.peak]
+    rows = [{"phase": label, "entry_mib": round(memory.entry.get(label, 0)), "peak_mib": round(peak_mib)}
+            for label, peak_mib in memory.peak.items()]  # in the order the phases first ran
     result = {"date": date.today().isoformat(), "machine": platform.machine(), "algo": args.algo, "threads": args.threads,
               "flags": ["--algo", args.algo, *plan_check.STAGES["rlhf"]], "vmhwm_mib": round(peak), "planned_mib": round(plan.total / 2**20),
               "planned_items": {k: round(v / 2**20, 1) for k, v in plan.items.items()}, "phases": rows}
     out = HERE / "results" / f"rl_memory_phases{'' if args.algo == 'ppo' else '-' + args.algo}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{args.algo}: peak {peak:.0f} MiB (VmHWM), planned {plan.total / 2**20:.0f} MiB\n")
-    print("| phase | resident at its first entry | peak within it |\n|---|---|---|")
+    print("| phase | resident at its entry | peak within it |\n|---|---|---|")
     for row in rows:
         entry = f"{row['entry_mib']} MiB" if row["phase"] != "load" else "—"
         print(f"| {row['phase']} | {entry} | {row['peak_mib']} MiB |")
