@@ -11,6 +11,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -262,6 +263,53 @@ def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device, quanti
     return model if quantization != "none" else model.to(device)
 
 
+def decoder_body(model) -> torch.nn.Module:
+    """The transformer body (the module holding ``layers`` and the final ``norm``) of a transformers model,
+    with or without peft around it."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(model, model.base_model_prefix, model)
+    if not hasattr(body, "layers"):
+        raise ModelError(f"{type(model).__name__} has no decoder layers named 'layers'; a reward model reading fewer "
+                         "layers needs a Llama-like body (--layers 0 reads them all).")
+    return body
+
+
+def layer_index(name: str) -> int:
+    """The decoder layer a parameter or state-dict key belongs to (``...layers.<i>....``), or -1 for none."""
+    match = re.search(r"\.layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else -1
+
+
+def keep_first_layers(model, count: int) -> int:
+    """Drop the decoder layers of ``model`` past the first ``count`` (0, or at least their number: keep all); returns
+    how many are kept. The body's final norm then reads the kept layers' output. Before peft wraps the model, so
+    adapters are made for the kept layers alone."""
+    body = decoder_body(model)
+    if not 0 < count < len(body.layers):
+        return len(body.layers)
+    body.layers = body.layers[:count]
+    config = model.config
+    config.num_hidden_layers = count
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:count]
+    return count
+
+
+@contextlib.contextmanager
+def first_layers(body: torch.nn.Module, count: int) -> Iterator[None]:
+    """Inside the block, ``body`` (see :func:`decoder_body`) runs its first ``count`` layers alone (0: all), then its
+    final norm: the states a reward model trained on :func:`keep_first_layers`'s body reads, from a whole model."""
+    if not 0 < count < len(body.layers):
+        yield
+        return
+    layers = body.layers
+    body.layers = layers[:count]
+    try:
+        yield
+    finally:
+        body.layers = layers
+
+
 def match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Grow the embeddings when the tokenizer gained tokens; returns the new token ids."""
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -330,7 +378,7 @@ class Loaded:
 
 def load_model(name: str, *, task: str = "causal_lm", dtype: torch.dtype | None = None, device: torch.device | None = None,
                attach: bool = True, adapter_name: str = "default", trainable: bool = False,
-               fresh: LoraSection | None = None, quantization: str = "none") -> Loaded:
+               fresh: LoraSection | None = None, quantization: str = "none", layers: int = 0) -> Loaded:
     """The one loader: an adapter folder or a plain model -> base, tokenizer, vocabulary match, peft.
 
     ``name`` is a posttrain adapter checkpoint (its base is loaded, its saved tokenizer and template used and,
@@ -341,7 +389,8 @@ def load_model(name: str, *, task: str = "causal_lm", dtype: torch.dtype | None 
     the CPU (the Trainer places it) or, for a quantized base, its own process's GPU. ``quantization`` "4bit" or
     "8bit" loads the base through bitsandbytes (QLoRA, see :func:`quantization_config`) in ``dtype`` as the compute
     dtype; when an adapter will train on it, peft's prepare_model_for_kbit_training readies it first (norms in
-    fp32); the adapters are made in fp32.
+    fp32); the adapters are made in fp32. ``layers`` (seq_cls): keep the first that many decoder layers alone
+    (:func:`keep_first_layers`; 0 keeps all), before any adapter is put on.
     """
     from peft import PeftModel, get_peft_model
 
@@ -353,6 +402,7 @@ def load_model(name: str, *, task: str = "causal_lm", dtype: torch.dtype | None 
     dtype = dtype or default_dtype(device)
     if task == "seq_cls":
         base = load_scorer_base(base_name, dtype, device, quantization)
+        keep_first_layers(base, layers)
     else:
         base = load_base_model(base_name, dtype=dtype, device=device, quantization=quantization)
     new_ids = match_vocab(base, tokenizer)

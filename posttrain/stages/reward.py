@@ -20,7 +20,7 @@ from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
 from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
-from posttrain.models import load_model, lora_config, model_tokenizer
+from posttrain.models import decoder_body, keep_first_layers, layer_index, load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
@@ -143,8 +143,9 @@ def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -
 
 
 def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.device | None = None,
-                dtype: torch.dtype | None = None, quantization: str = "none"):
+                dtype: torch.dtype | None = None, quantization: str = "none", layers: int = 0):
     """A SEQ_CLS PeftModel ready to train (LoRA on the body, the head in full), its tokenizer and base name.
+    ``layers``: the body keeps its first that many decoder layers (0: all; models.keep_first_layers).
 
     A posttrain adapter checkpoint (e.g. an SFT output) as ``model_name`` starts the reward adapter from its
     LoRA weights, on its base, so the reward model still fits the plain base the PPO stage loads. ``device``,
@@ -157,6 +158,10 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
     set_seed(seed)  # the head starts random: seed it
     loaded = load_model(model_name, task="seq_cls", attach=False, trainable=True, device=device, dtype=dtype,
                         quantization=quantization)
+    total = len(decoder_body(loaded.model).layers)
+    kept = keep_first_layers(loaded.model, layers)
+    if kept < total:
+        log(f"the reward model reads the first {kept} of the base's {total} decoder layers (--layers; 0 reads all)")
     start, base_name, tokenizer = loaded.adapter_path, loaded.base_model, loaded.tokenizer
     if start:
         # the SFT adapter is a causal-LM adapter: the reward adapter gets its LoRA shape and weights, a new head
@@ -166,7 +171,9 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
                            target_modules=targets if isinstance(targets, str) else ",".join(sorted(targets)))
     model = get_peft_model(loaded.model, lora_config(lora, task_type="SEQ_CLS", new_token_ids=loaded.new_token_ids))
     if start:
-        state = {k: v for k, v in load_file(str(Path(start, "adapter_model.safetensors"))).items() if "lora_" in k}
+        # the SFT adapter's LoRA on the layers past the kept ones has nowhere to go
+        state = {k: v for k, v in load_file(str(Path(start, "adapter_model.safetensors"))).items()
+                 if "lora_" in k and layer_index(k) < kept}
         result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **state})  # the new head stays
         if [k for k in result.unexpected_keys if "lora_" in k]:
             raise StageError(f"the adapter in {start} does not fit {base_name} as a reward model.")
@@ -240,6 +247,7 @@ class RewardSetup:
     recorder: MetricsRecorder
     counts: dict[str, Any]
     resume_from: str | None = None  # the checkpoint to resume from
+    layers: int = 0  # how many decoder layers the reward model runs (the checkpoint's reward_layers)
 
 
 def build_reward_trainer(config: RewardConfig) -> RewardSetup:
@@ -272,7 +280,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
                       checkpointing=gradient_checkpointing("rm", config))
     device, dtype = trainer_placement(args, train)
     model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,
-                                      quantization=train.quantization)
+                                      quantization=train.quantization, layers=config.layers)
     recorder = MetricsRecorder()
     trainer = PairwiseRewardTrainer(
         model=model,
@@ -286,7 +294,8 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     train_lora_dropout(trainer.model, "default", config.lora.dropout)  # after TRL switched every dropout off
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
-    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from)
+    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from,
+                       len(decoder_body(model).layers))
 
 
 def run_reward(config: RewardConfig) -> Path:
@@ -339,6 +348,7 @@ def run_reward(config: RewardConfig) -> Path:
                                                             f"posttrain rlhf --reward-model {output} --prompts prompts.jsonl --output OUT"],
                              notes=READ_ME_LAYOUT)
             save_stage_files(folder, "rm", config, setup.base_name, reward_pooling=config.pooling,
+                             reward_layers=setup.layers,
                              reward_mean=summary["reward_mean"],
                              reward_std=summary["reward_std"], length_correlation=corr, evaluated_on=where)
     log(f"saved the reward model to {output}")
@@ -352,4 +362,5 @@ layers and the scalar head `score` in full (modules_to_save). `reward_head.safet
 (`weight` of shape (1, hidden), `bias` if any), for loading the LoRA weights onto another model of the same base.
 The reward is the head on the hidden states of the chat-template rendering of prompt + response, pooled as
 `reward_pooling` in posttrain.json says: "mean" over every token, "response" over the response's tokens alone, or the
-"last" token's."""
+"last" token's. The states are those of the base's first `reward_layers` decoder layers, through its final norm (the
+layers above are not part of the reward model): load the base with `num_hidden_layers=reward_layers`."""

@@ -5,11 +5,14 @@ The checkpoint ``posttrain rm`` writes:
     adapter_config.json, adapter_model.safetensors  a peft SEQ_CLS adapter: LoRA on the transformer's linear layers,
                                                     the head (``score``) in modules_to_save
     reward_head.safetensors                         the head alone: "weight" (1, hidden) and "bias" when it has one
-    tokenizer files, posttrain.json                 stage "rm", base_model, reward_pooling, reward_mean/reward_std on
-                                                    held-out pairs
+    tokenizer files, posttrain.json                 stage "rm", base_model, reward_pooling, reward_layers,
+                                                    reward_mean/reward_std on held-out pairs
 
-``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1), folder)`` loads
-it (its own forward reads the last token, which is this reward only for ``reward_pooling`` "last"); the PPO stage
+The reward model runs the first ``reward_layers`` decoder layers of its base (then the base's final norm): the layers
+above were dropped before the adapter was made (``posttrain rm --layers``; 0 or absent: all of them).
+``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1,
+num_hidden_layers=reward_layers), folder)`` loads it (its own forward reads the last token, which is this reward
+only for ``reward_pooling`` "last"); the PPO stage
 instead puts the LoRA matrices on its own copy of the base as one more adapter and reads the head from
 reward_head.safetensors, so the reward model costs no second copy of the base weights.
 
@@ -77,6 +80,17 @@ def checkpoint_pooling(folder: str | Path) -> str:
     if pooling not in POOLINGS:
         raise ModelError(f"{folder}/posttrain.json: reward_pooling {pooling!r} is not one of {', '.join(POOLINGS)}.")
     return pooling
+
+
+def checkpoint_layers(folder: str | Path) -> int:
+    """How many decoder layers a reward-model checkpoint runs (0, for checkpoints written before the choice existed:
+    all of them)."""
+    from posttrain.models import read_metadata
+
+    layers = read_metadata(folder).get("reward_layers", 0)
+    if not isinstance(layers, int) or layers < 0:
+        raise ModelError(f"{folder}/posttrain.json: reward_layers {layers!r} is not a count of layers.")
+    return layers
 
 
 def body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -212,7 +226,7 @@ def load_reward_model(folder: str | Path, device: torch.device | None = None, dt
     if not is_adapter_folder(folder) or not (folder / HEAD_FILE).is_file():
         raise ModelError(f"{folder} is not a reward-model checkpoint (it needs adapter_config.json and {HEAD_FILE}); "
                          "make one with `posttrain rm`.")
-    loaded = load_model(str(folder), task="seq_cls", dtype=dtype, device=device)
+    loaded = load_model(str(folder), task="seq_cls", dtype=dtype, device=device, layers=checkpoint_layers(folder))
     head_in_fp32(loaded.model)
     loaded.model.eval()
     return RewardModel(loaded.model, loaded.tokenizer, loaded.base_model, checkpoint_pooling(folder))

@@ -53,7 +53,7 @@ class RewardModelSource:
 
         rows, starts = reward_model_rows(roles.tokenizer, batch.prompts, batch.texts)
         ids, mask = pad_right(rows, roles.tokenizer.pad_token_id, roles.device)
-        (hidden,) = roles.hidden([REWARD], ids, mask)
+        (hidden,) = roles.hidden([REWARD], ids, mask, roles.reward_layers)
         return roles.reward_head(pool(hidden.float(), mask, roles.reward_pooling, torch.tensor(starts))).squeeze(-1)
 
 

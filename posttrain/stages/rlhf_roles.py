@@ -32,7 +32,9 @@ from posttrain.models import (
     adapter_base,
     belongs_to,
     frozen_base_dtype,
+    first_layers,
     is_adapter_folder,
+    layer_index,
     load_model,
     lora_config,
     read_metadata,
@@ -110,7 +112,7 @@ class Roles(nn.Module):
     and its value head. Built by :func:`load_roles`."""
 
     def __init__(self, model, tokenizer, base_name: str, reference_adapter: str | None, value_head: nn.Module | None,
-                 device: torch.device, dtype: torch.dtype, critic: str = "separate"):
+                 device: torch.device, dtype: torch.dtype, critic: str = "separate", critic_layers: int = 0):
         super().__init__()
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
         self.reference_adapter = reference_adapter  # None: the reference is the base with adapters off
@@ -119,9 +121,13 @@ class Roles(nn.Module):
         # the critic's own LoRA adapter, run as a second row block beside the policy's; without it (a shared critic)
         # the value head reads the policy's hidden states, and the value loss trains the policy's adapter too
         self.critic_adapter = self.has_critic and critic == "separate"
+        # how many decoder layers the critic adapter runs (0: all): a critic made from a reward model that reads the
+        # first N layers (``posttrain rm --layers``) reads the same N, in a pass of its own that costs N/total of one
+        self.critic_layers = critic_layers if self.critic_adapter else 0
         self.device, self.dtype = device, dtype
         self.reward_head: nn.Module | None = None  # the reward model's head, when it shares this base
         self.reward_pooling = "last"  # which hidden states that head reads (reward_model.pool)
+        self.reward_layers = 0  # how many decoder layers it reads (0: all)
         self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
         self._trainable = (POLICY, CRITIC) if self.critic_adapter else (POLICY,)
@@ -179,7 +185,13 @@ class Roles(nn.Module):
         """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
         graph built before the critic's turn; trainability is ours to keep: policy and critic, nothing else."""
         for param_name, param in self._lora_params:
-            param.requires_grad_(any(belongs_to(param_name, name) for name in self._trainable))
+            param.requires_grad_(self._trains(param_name))
+
+    def _trains(self, param_name: str) -> bool:
+        """Whether a LoRA parameter is trained: the policy's, and the critic's on the layers the critic runs."""
+        if belongs_to(param_name, CRITIC):
+            return CRITIC in self._trainable and (not self.critic_layers or layer_index(param_name) < self.critic_layers)
+        return any(belongs_to(param_name, name) for name in self._trainable)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trained parameters by role, each clipped on its own: "policy" (its LoRA and new token rows) and, with
@@ -190,7 +202,7 @@ class Roles(nn.Module):
         won 0.708 and 0.583 against 0.917 and 0.542 (draw 1, seed 0, README: Online RL)."""
         groups = {POLICY: [p for n, p in self.model.named_parameters() if belongs_to(n, POLICY)]}
         if self.has_critic:
-            groups[CRITIC] = [p for n, p in self.model.named_parameters() if belongs_to(n, CRITIC)]
+            groups[CRITIC] = [p for n, p in self.model.named_parameters() if belongs_to(n, CRITIC) and self._trains(n)]
             groups[CRITIC] += list(self.value_head.parameters())
         return groups
 
@@ -202,7 +214,15 @@ class Roles(nn.Module):
         if causal_lm.config._attn_implementation != implementation:
             causal_lm.set_attn_implementation(implementation)
 
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def _critic_stacked(self) -> bool:
+        """Whether the critic adapter runs as a second row block of the policy's pass (a critic over every layer),
+        rather than in a pass of its own over its first ``critic_layers`` layers."""
+        return self.critic_adapter and not self.critic_layers
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int = 0) -> torch.Tensor:
+        """The body's last hidden states (through its final norm) of a pass over its first ``layers`` decoder
+        layers (0: all)."""
         causal_lm = self.model.get_base_model()
         # for short sequences, eager attention's backward is cheaper on a CPU than the fused kernel's (about 12%
         # of a training pass at 70 tokens); longer ones keep SDPA's linear memory. Scoring passes take the same
@@ -210,7 +230,7 @@ class Roles(nn.Module):
         self._set_attention(attention_for(self.device.type, input_ids.shape[1], self._attention))
         # with a bf16 base, autocast runs the fp32 adapters' products in bf16 too (their weights and gradients
         # stay fp32): about 20% off a training pass on a CPU, and no fp32 copies of the activations
-        with self._autocast():
+        with self._autocast(), first_layers(causal_lm.base_model, layers):
             out = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                        position_ids=position_ids(attention_mask), use_cache=False)
         return out.last_hidden_state
@@ -264,8 +284,9 @@ class Roles(nn.Module):
         with swapped_weights(weights()), self.role(None):
             yield
 
-    def hidden(self, roles: list[str | None], input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
-        """The body's last hidden states of the same rows under each role in ``roles``, from one batched pass.
+    def hidden(self, roles: list[str | None], input_ids, attention_mask, layers: int = 0) -> tuple[torch.Tensor, ...]:
+        """The body's last hidden states of the same rows under each role in ``roles``, from one batched pass over
+        the first ``layers`` decoder layers (0: all; the reward model's and the critic's count, see Roles).
 
         The rows are stacked once per role and each block runs through its own adapter (see rlhf_lora), so
         the base's products run once over all of them. Each row's numbers are the same as from a pass of that
@@ -274,11 +295,11 @@ class Roles(nn.Module):
             out = []
             for name in roles:
                 with self.role(name):
-                    out.append(self._hidden(input_ids, attention_mask))
+                    out.append(self._hidden(input_ids, attention_mask, layers))
             return tuple(out)
         n = len(input_ids)
         with self._rows.use(blocks(roles, n)):
-            stacked = self._hidden(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1))
+            stacked = self._hidden(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1), layers)
         return stacked.split(n)
 
     def logprobs(self, role: str | None, hidden: torch.Tensor, input_ids, context_len: int, temperature: float,
@@ -321,31 +342,38 @@ class Roles(nn.Module):
 
         Scoring calls it too (under no_grad) with the minibatch views the first epoch trains on, so the old
         log-probs of a row are computed exactly as its first training pass computes them."""
-        names = [POLICY, CRITIC] if self.critic_adapter else [POLICY]
+        names = [POLICY, CRITIC] if self._critic_stacked else [POLICY]
         hidden = self.hidden(names, batch.ids, batch.attn)
         logprobs, entropy = self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature,
                                           with_entropy=True, entropy_grad=entropy_grad) if with_entropy else \
             (self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature), None)
-        values = self.values(hidden[-1], batch.context) if self.has_critic else None
+        values = self.values(self._critic_hidden(hidden, batch), batch.context) if self.has_critic else None
         return logprobs, entropy, values
+
+    def _critic_hidden(self, hidden: tuple[torch.Tensor, ...], batch: Minibatch) -> torch.Tensor:
+        """The states the value head reads: the critic's block of a stacked pass, its own pass over its first
+        ``critic_layers`` layers, or (a shared critic) the policy's."""
+        if self.critic_adapter and self.critic_layers:
+            return self.hidden([CRITIC], batch.ids, batch.attn, self.critic_layers)[0]
+        return hidden[-1]
 
     # The base's products are not the same to the bit for a row in a pass of n rows and in a pass of 2n (measured
     # on this CPU in bf16: up to 0.4 nats on a token's log-prob), though they are wherever the row sits in a pass of
     # a given size. So the scoring passes have the training pass's number of row blocks: policy and critic train
-    # in one stacked pass (2 blocks), so policy and reference are scored in one too; a policy alone (no critic, or a
-    # shared one) is scored alone. Then the old log-probs are the first epoch's training log-probs to the bit (the PPO
+    # in one stacked pass (2 blocks), so policy and reference are scored in one too; a policy alone (no critic, a
+    # shared one, or a critic in a short pass of its own) is scored alone. Then the old log-probs are the first epoch's training log-probs to the bit (the PPO
     # ratio is 1 before the first update) and, at the first step, the reference's too (KL 0).
 
     @torch.no_grad()
     def score(self, batch: Minibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(old policy log-probs, reference log-probs, critic values or None) of a minibatch view, (rows, width) each."""
         ref = self.reference_adapter
-        if self.critic_adapter:
+        if self._critic_stacked:
             policy, reference = self.hidden([POLICY, ref], batch.ids, batch.attn)
             (critic,) = self.hidden([CRITIC], batch.ids, batch.attn)  # values need no bitwise match
         else:
             (policy,), (reference,) = self.hidden([POLICY], batch.ids, batch.attn), self.hidden([ref], batch.ids, batch.attn)
-            critic = policy  # a shared critic reads the policy's hidden states
+            critic = self._critic_hidden((policy,), batch)  # its own short pass, or a shared critic's: the policy's
         values = self.values(critic, batch.context) if self.has_critic else None
         return (self.logprobs(POLICY, policy, batch.ids, batch.context, temperature),
                 self.logprobs(ref, reference, batch.ids, batch.context, temperature), values)
@@ -354,7 +382,7 @@ class Roles(nn.Module):
     def reference_logprobs(self, batch: Minibatch, temperature: float) -> torch.Tensor:
         """Reference log-probs (rows, width) of a view whose policy log-probs came from a training pass: from a pass
         with as many row blocks as that one (see above), beside the critic when there is one."""
-        names = [self.reference_adapter, CRITIC] if self.critic_adapter else [self.reference_adapter]
+        names = [self.reference_adapter, CRITIC] if self._critic_stacked else [self.reference_adapter]
         hidden = self.hidden(names, batch.ids, batch.attn)[0]
         return self.logprobs(self.reference_adapter, hidden, batch.ids, batch.context, temperature)
 
@@ -400,14 +428,21 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
 
     # 2. reward model and critic: on the shared base when the reward model was trained on it
     rm_on_base = rm_folder is not None and _same_base(adapter_base(rm_folder), loaded.base_model)
+    from posttrain.stages.reward_model import checkpoint_layers
+
+    total_layers = model.get_base_model().config.num_hidden_layers
+    rm_layers = checkpoint_layers(rm_folder) if rm_on_base else 0
+    rm_layers = rm_layers if rm_layers < total_layers else 0  # 0: every layer
     critic_adapter = critic and config.ppo.critic == "separate"
     value_head = None
     if critic and not critic_adapter:
         # as the separate critic's head: from the reward model's head where it shares the base (it then reads the
         # policy's hidden states where it was trained on the reward adapter's), else at zero. Measured (draw 0, seed 0,
         # README: Online RL): 0.667 and 0.719 win-rate against the separate critic's 0.896 and 0.740, in 0.64 of its
-        # time; from zero 0.719 and 0.500; the head alone trained (the hidden states detached) 0.812 and 0.594
-        value_head = (load_head(rm_folder, hidden) if rm_on_base else zero_head(hidden)).to(device)
+        # time; from zero 0.719 and 0.500; the head alone trained (the hidden states detached) 0.812 and 0.594. A
+        # reward model of fewer layers read other states than the policy's last ones: its head does not carry over.
+        from_rm = rm_on_base and not rm_layers
+        value_head = (load_head(rm_folder, hidden) if from_rm else zero_head(hidden)).to(device)
         log("the critic is a value head on the policy's hidden states (--ppo.critic shared): no adapter of its own")
     if rm_on_base:
         _check_tokenizer(rm_folder, tokenizer)
@@ -423,7 +458,8 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
     elif critic_adapter:
         model.add_adapter(CRITIC, lora_config(LoraSection(**{**vars(config.lora), "dropout": 0.0})))
         value_head = zero_head(hidden).to(device)
-    roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype, config.ppo.critic)
+    roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype, config.ppo.critic,
+                  critic_layers=rm_layers if rm_on_base and critic_adapter else 0)
     if checkpointing_wanted("rlhf", config):
         # the model stays in eval mode (no dropout), and a layer's recomputation in the backward pass must run the
         # adapters its forward ran: recompute_context puts them back
@@ -434,6 +470,10 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
 
         roles.reward_head = load_head(rm_folder, hidden).to(device).requires_grad_(False)
         roles.reward_pooling = checkpoint_pooling(rm_folder)
+        roles.reward_layers = rm_layers
+        if rm_layers:
+            log(f"the reward model reads the first {rm_layers} of {total_layers} layers"
+                + (", and so does the critic made from it (a pass of its own)" if critic_adapter else ""))
     elif rm_folder is not None:
         from posttrain.stages.reward_model import load_reward_model
 

@@ -317,3 +317,39 @@ def test_a_loaded_reward_models_head_is_fp32_on_a_bf16_body(tiny_model_dir, tmp_
     head = running_head(body_and_head(rm.model)[1])
     assert {p.dtype for p in head.parameters()} == {torch.float32}
     assert rm.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+
+
+def test_a_reward_model_of_the_first_layers_reads_their_states_and_loads_back(tiny_model_dir, tmp_path):
+    """``--layers 1`` on a 2-layer base: the adapter has LoRA on the first layer alone, the checkpoint says so, the
+    loader reads the rewards the stage recorded, and they are the head on the first layer's states through the final
+    norm (the layout's plain route: the base loaded with num_hidden_layers=1), not on the whole body's."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.data import split_holdout
+
+    data = write_jsonl(tmp_path / "marker.jsonl", marker_pairs(16))
+    config = rm_config(tiny_model_dir, data, tmp_path / "rm", "response", max_steps=3)
+    config.layers = 1
+    folder = run_reward(config)
+    assert json.loads((folder / "posttrain.json").read_text())["reward_layers"] == 1
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    assert any(".layers.0." in k for k in saved) and not any(".layers.1." in k for k in saved)
+
+    rm = load_reward_model(folder, device=torch.device("cpu"))
+    _, held = split_holdout([json.loads(line) for line in data.read_text().splitlines()], 0.25, 42)
+    scores = rm.score([r["prompt"] for r in held], [r["chosen"][0]["content"] for r in held])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert scores == pytest.approx(metrics["rewards"]["chosen"], abs=1e-5)
+
+    ids, starts, _ = rm.encode([held[0]["prompt"]], [held[0]["chosen"][0]["content"]])
+    read = {}
+    for layers in (1, 2):
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, num_hidden_layers=layers)
+        plain = PeftModel.from_pretrained(base, str(folder)).eval()
+        with torch.no_grad():
+            states = plain(input_ids=torch.tensor(ids), output_hidden_states=True).hidden_states[-1]
+            read[layers] = plain.get_base_model().score(states[:, starts[0]:].mean(1)).item()
+    assert read[1] == pytest.approx(scores[0], abs=1e-5)
+    assert read[2] != pytest.approx(scores[0], abs=1e-3)

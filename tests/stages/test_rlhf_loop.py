@@ -222,13 +222,14 @@ def test_a_sharded_launch_is_refused_before_a_model_loads(tiny_model_dir, tiny_r
     assert not (tmp_path / "ppo" / "posttrain.json").exists()
 
 
-@pytest.mark.parametrize("pooling", ["mean", "response", "last"])
+@pytest.mark.parametrize("pooling,layers", [("mean", 0), ("response", 0), ("last", 0), ("response", 1)])
 @pytest.mark.parametrize("prompt", ["Name a fruit.", [{"role": "user", "content": "Name a fruit."}]])
 def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_model_dir, prompts_file, tmp_path, prompt,
-                                                                         pooling):
-    """One function builds the reward model's input, and the checkpoint says how its hidden states are pooled: the
-    score of a prompt and response is the same in the reward-model stage's own tokenisation, in `posttrain score`,
-    and in the RL stage's reward source."""
+                                                                         pooling, layers):
+    """One function builds the reward model's input, and the checkpoint says how its hidden states are pooled and
+    how many layers it reads (``layers`` 1 of the tiny base's 2): the score of a prompt and response is the same in
+    the reward-model stage's own tokenisation, in `posttrain score`, and in the RL stage's reward source (the
+    reward adapter on the policy's whole base, run over that many layers)."""
     from posttrain.config import RewardConfig, ScoreConfig, load_config
     from posttrain.stages.reward import run_reward, tokenise_pairs
     from posttrain.stages.reward_model import load_reward_model, score_ids
@@ -243,7 +244,8 @@ def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_m
     pairs.write_text("".join(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n" for _ in range(4)))
     rm_dir = run_reward(load_config(RewardConfig, None, {"model": str(tiny_model_dir), "data": str(pairs),
                                                            "output": str(tmp_path / "rm"), "max_steps": 2, "lora.r": 4,
-                                                           "train.eval_split": 0.0, "pooling": pooling}))
+                                                           "train.eval_split": 0.0, "pooling": pooling,
+                                                           "layers": layers}))
     rm = load_reward_model(rm_dir)
     # 1. the reward-model stage's tokenisation of the pair, scored by the trained model
     ids, _ = tokenise_pairs([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], rm.tokenizer, 384)
@@ -258,8 +260,57 @@ def test_the_reward_model_reads_the_same_input_in_training_scoring_and_rl(tiny_m
     roles = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo", precision="fp32"),
                        torch.device("cpu"), critic=False)
     rl = RewardModelSource(roles)(Responses([prompt], [{"prompt": prompt}], [response], [[]], 1, 1)).item()
+    assert roles.reward_layers == layers
     assert trained == pytest.approx(scored, abs=1e-5)
     assert rl == pytest.approx(trained, abs=1e-4)
+
+
+def test_a_critic_made_from_a_reward_model_of_the_first_layers_runs_those_layers_alone(tiny_model_dir, prompts_file,
+                                                                                      tmp_path):
+    """A reward model that reads the first layer of the tiny base's 2 makes a critic that reads the same layer, in a
+    pass of its own: at the start its values are the reward model's per-token rewards (the same adapter and head on
+    the same states), its trained parameters are that layer's LoRA and the head, and the policy trains alone in its
+    pass. A shared critic cannot read those states from the policy's last ones: its head starts at zero."""
+    from posttrain.config import RewardConfig, load_config
+    from posttrain.stages.reward import run_reward
+    from posttrain.stages.reward_model import body_and_head, load_reward_model, reward_model_rows
+    from posttrain.stages.rlhf_roles import CRITIC, POLICY, load_roles
+    from posttrain.stages.rollout import Minibatch
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "No."}) + "\n"
+                             for _ in range(4)))
+    rm_dir = run_reward(load_config(RewardConfig, None, {"model": str(tiny_model_dir), "data": str(pairs),
+                                                           "output": str(tmp_path / "rm"), "max_steps": 2, "lora.r": 4,
+                                                           "train.eval_split": 0.0, "layers": 1}))
+    roles = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo", precision="fp32"),
+                       torch.device("cpu"), critic=True)
+    assert roles.critic_layers == 1
+    names = {id(p): n for n, p in roles.model.named_parameters()}
+    critic = [names[id(p)] for p in roles.parameter_groups()[CRITIC] if id(p) in names]
+    assert critic and all(".layers.0." in n for n in critic)  # not layer 1's LoRA, which the critic does not run
+
+    rm = load_reward_model(rm_dir)
+    (row,), (start,) = reward_model_rows(rm.tokenizer, ["Name a fruit."], ["An apple, crisp and sweet."])
+    ids = torch.tensor([row])
+    batch = Minibatch(torch.tensor([0]), ids, torch.ones_like(ids), torch.ones(1, len(row) - start, dtype=torch.bool),
+                      start, len(row) - start)
+    passes = []
+    hidden = roles.hidden
+    roles.hidden = lambda names, *args, **kwargs: passes.append((list(names), args[2:] + tuple(kwargs.values()))) or \
+        hidden(names, *args, **kwargs)
+    with torch.no_grad():
+        _, _, values = roles.forward(batch, temperature=1.0)
+        body, head = body_and_head(rm.model)
+        states = body(input_ids=ids).last_hidden_state
+        expected = head(states[:, start - 1:-1]).squeeze(-1)
+    assert passes == [([POLICY], ()), ([CRITIC], (1,))]
+    torch.testing.assert_close(values, expected, atol=1e-4, rtol=1e-4)
+
+    shared = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo2", precision="fp32",
+                                   **{"ppo.critic": "shared"}), torch.device("cpu"), critic=True)
+    assert shared.critic_layers == 0 and shared.reward_layers == 1
+    assert all(p.abs().sum() == 0 for p in shared.value_head.parameters())
 
 
 def test_no_eos_penalty_help_says_what_it_does():
