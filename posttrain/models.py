@@ -263,15 +263,12 @@ def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device, quanti
     return model if quantization != "none" else model.to(device)
 
 
-def decoder_body(model) -> torch.nn.Module:
-    """The transformer body (the module holding ``layers`` and the final ``norm``) of a transformers model,
-    with or without peft around it."""
+def decoder_body(model) -> torch.nn.Module | None:
+    """The transformer body (the module holding the ``layers`` list and the final norm) of a transformers model,
+    with or without peft around it; None when the body keeps its layers under another name (GPT-2's ``h``)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(model, model.base_model_prefix, model)
-    if not hasattr(body, "layers"):
-        raise ModelError(f"{type(model).__name__} has no decoder layers named 'layers'; a reward model reading fewer "
-                         "layers needs a Llama-like body (--layers 0 reads them all).")
-    return body
+    return body if isinstance(getattr(body, "layers", None), torch.nn.ModuleList) else None
 
 
 def layer_index(name: str) -> int:
@@ -281,12 +278,21 @@ def layer_index(name: str) -> int:
 
 
 def keep_first_layers(model, count: int) -> int:
-    """Drop the decoder layers of ``model`` past the first ``count`` (0, or at least their number: keep all); returns
-    how many are kept. The body's final norm then reads the kept layers' output. Before peft wraps the model, so
-    adapters are made for the kept layers alone."""
+    """Drop the decoder layers of ``model`` past the first ``count``, before peft wraps it (adapters are then made
+    for the kept layers alone); the body's final norm then reads the kept layers' output. Returns how many layers
+    it kept, or 0 when it cut nothing: ``count`` 0 or at least their number, or a body whose layers it cannot find
+    (not a Llama-like ``layers`` list: the reward model then runs every layer, and the log says so)."""
+    if count <= 0:
+        return 0
     body = decoder_body(model)
-    if not 0 < count < len(body.layers):
-        return len(body.layers)
+    if body is None:
+        from posttrain.stages.common import log
+
+        log(f"{type(model).__name__} keeps its decoder layers under another name than 'layers': the reward model runs "
+            "every layer (--layers is for Llama-like bodies)")
+        return 0
+    if count >= len(body.layers):
+        return 0
     body.layers = body.layers[:count]
     config = model.config
     config.num_hidden_layers = count
@@ -296,10 +302,10 @@ def keep_first_layers(model, count: int) -> int:
 
 
 @contextlib.contextmanager
-def first_layers(body: torch.nn.Module, count: int) -> Iterator[None]:
+def first_layers(body: torch.nn.Module | None, count: int) -> Iterator[None]:
     """Inside the block, ``body`` (see :func:`decoder_body`) runs its first ``count`` layers alone (0: all), then its
     final norm: the states a reward model trained on :func:`keep_first_layers`'s body reads, from a whole model."""
-    if not 0 < count < len(body.layers):
+    if not isinstance(getattr(body, "layers", None), torch.nn.ModuleList) or not 0 < count < len(body.layers):
         yield
         return
     layers = body.layers

@@ -315,3 +315,19 @@ def test_merge_and_save_keeps_eval_mode(tiny_model_dir, saved_adapter, tmp_path)
     merged = merge_and_save(model, tmp_path / "merged")
     assert _modes(merged) == {False}
     torch.testing.assert_close(_logits(merged, IDS), _logits(merged, IDS), atol=0, rtol=0)
+
+
+def test_keep_first_layers_cuts_a_llama_body_and_leaves_other_bodies_whole():
+    """A Llama-like body keeps its first layers (and its config says so); --layers 0, a count past the body's, or a
+    body whose layers are not a ``layers`` list (GPT-2's ``h``) keep every layer, so the default works on any base."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    from posttrain.models import keep_first_layers
+
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                       num_hidden_layers=3, num_attention_heads=2, num_labels=1))
+    assert keep_first_layers(llama, 0) == 0 and keep_first_layers(llama, 3) == 0 and len(llama.model.layers) == 3
+    assert keep_first_layers(llama, 2) == 2 and len(llama.model.layers) == 2 and llama.config.num_hidden_layers == 2
+    assert llama(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 1)
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, num_labels=1))
+    assert keep_first_layers(gpt2, 2) == 0 and len(gpt2.transformer.h) == 3

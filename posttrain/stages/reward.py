@@ -20,7 +20,7 @@ from posttrain.config import LoraSection, RewardConfig, require, to_dict
 from posttrain.data import load_preferences, split_holdout
 from posttrain.data_hub import data_options
 from posttrain.memory import check_quantization
-from posttrain.models import decoder_body, keep_first_layers, layer_index, load_model, lora_config, model_tokenizer
+from posttrain.models import keep_first_layers, layer_index, load_model, lora_config, model_tokenizer
 from posttrain.report import MetricsRecorder, plot_curves, plot_histograms, plot_scatter, write_metrics, write_model_card
 from posttrain.rl.losses import bradley_terry_loss
 from posttrain.stages.common import (
@@ -144,8 +144,9 @@ def tokenise_pairs(examples: list[dict[str, Any]], tokenizer, max_length: int) -
 
 def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.device | None = None,
                 dtype: torch.dtype | None = None, quantization: str = "none", layers: int = 0):
-    """A SEQ_CLS PeftModel ready to train (LoRA on the body, the head in full), its tokenizer and base name.
-    ``layers``: the body keeps its first that many decoder layers (0: all; models.keep_first_layers).
+    """A SEQ_CLS PeftModel ready to train (LoRA on the body, the head in full), its tokenizer, base name, and how
+    many decoder layers it runs when ``layers`` cut the body to its first that many (models.keep_first_layers),
+    else 0 (all of them).
 
     A posttrain adapter checkpoint (e.g. an SFT output) as ``model_name`` starts the reward adapter from its
     LoRA weights, on its base, so the reward model still fits the plain base the PPO stage loads. ``device``,
@@ -158,9 +159,9 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
     set_seed(seed)  # the head starts random: seed it
     loaded = load_model(model_name, task="seq_cls", attach=False, trainable=True, device=device, dtype=dtype,
                         quantization=quantization)
-    total = len(decoder_body(loaded.model).layers)
+    total = loaded.model.config.num_hidden_layers
     kept = keep_first_layers(loaded.model, layers)
-    if kept < total:
+    if kept:
         log(f"the reward model reads the first {kept} of the base's {total} decoder layers (--layers; 0 reads all)")
     start, base_name, tokenizer = loaded.adapter_path, loaded.base_model, loaded.tokenizer
     if start:
@@ -173,7 +174,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
     if start:
         # the SFT adapter's LoRA on the layers past the kept ones has nowhere to go
         state = {k: v for k, v in load_file(str(Path(start, "adapter_model.safetensors"))).items()
-                 if "lora_" in k and layer_index(k) < kept}
+                 if "lora_" in k and (not kept or layer_index(k) < kept)}
         result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **state})  # the new head stays
         if [k for k in result.unexpected_keys if "lora_" in k]:
             raise StageError(f"the adapter in {start} does not fit {base_name} as a reward model.")
@@ -182,7 +183,7 @@ def build_model(model_name: str, lora: LoraSection, seed: int, *, device: torch.
     if lora_on_head:
         raise StageError(f"LoRA landed on the reward head ({lora_on_head[0]}); exclude it from --lora.target_modules.")
     eager_attention_when_short(model)
-    return model, tokenizer, base_name
+    return model, tokenizer, base_name, kept
 
 
 def head_state(model) -> dict[str, torch.Tensor]:
@@ -247,7 +248,7 @@ class RewardSetup:
     recorder: MetricsRecorder
     counts: dict[str, Any]
     resume_from: str | None = None  # the checkpoint to resume from
-    layers: int = 0  # how many decoder layers the reward model runs (the checkpoint's reward_layers)
+    layers: int = 0  # how many decoder layers the reward model runs, 0 for all (the checkpoint's reward_layers)
 
 
 def build_reward_trainer(config: RewardConfig) -> RewardSetup:
@@ -279,8 +280,8 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     args = trl_config(trl.RewardConfig, config, has_eval=bool(held_pairs.chosen), rows=len(train_pairs.chosen),
                       checkpointing=gradient_checkpointing("rm", config))
     device, dtype = trainer_placement(args, train)
-    model, _, base_name = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,
-                                      quantization=train.quantization, layers=config.layers)
+    model, _, base_name, layers = build_model(config.model, config.lora, train.seed, device=device, dtype=dtype,
+                                              quantization=train.quantization, layers=config.layers)
     recorder = MetricsRecorder()
     trainer = PairwiseRewardTrainer(
         model=model,
@@ -294,8 +295,7 @@ def build_reward_trainer(config: RewardConfig) -> RewardSetup:
     train_lora_dropout(trainer.model, "default", config.lora.dropout)  # after TRL switched every dropout off
     counts = {"pairs": len(table), "pairs_over_max_length": over, "train_pairs": len(train_pairs.chosen),
               "heldout_pairs": len(held_pairs.chosen)}
-    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from,
-                       len(decoder_body(model).layers))
+    return RewardSetup(trainer, tokenizer, base_name, train_pairs, held_pairs, recorder, counts, resume_from, layers)
 
 
 def run_reward(config: RewardConfig) -> Path:

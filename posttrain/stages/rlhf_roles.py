@@ -6,6 +6,9 @@
                ``--ppo.critic shared``, a value head alone on the policy's hidden states (no adapter, no pass of its own)
     reward     LoRA adapter "reward" + the reward head, frozen (when a reward model is given)
 
+A reward model that reads the first N decoder layers (``posttrain rm --layers``) runs over those N alone, and so does
+a critic made from it, in a pass of its own (Roles.critic_layers); a critic over every layer shares the policy's.
+
 :func:`load_roles` loads the base once (through posttrain.models.load_model) and puts the roles on it;
 :class:`Roles` runs them. A forward pass runs its rows through one role's adapter, or stacks the same rows once
 per role and runs each block through its own adapter (rlhf_lora.py), so policy and critic train from one pass.

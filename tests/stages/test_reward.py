@@ -180,7 +180,7 @@ def test_reward_model_starts_from_an_sft_adapter(tiny_model_dir, tmp_path, sampl
 
     sft = run_sft(SFTConfig(model=str(tiny_model_dir), data=str(samples / "sft_messages.jsonl"), output=str(tmp_path / "sft"),
                             lora=LoraSection(r=4, alpha=8), train=TrainSection(max_steps=2, lr=1e-2, batch_size=2)))
-    model, _, base_name = reward_stage.build_model(str(sft), LoraSection(), seed=0)
+    model, _, base_name, _ = reward_stage.build_model(str(sft), LoraSection(), seed=0)
     assert base_name == str(tiny_model_dir)
     from safetensors.torch import load_file
 
@@ -190,6 +190,13 @@ def test_reward_model_starts_from_an_sft_adapter(tiny_model_dir, tmp_path, sampl
     name = key.replace(".lora_B.weight", ".lora_B.default.weight")
     assert start[key].abs().sum() > 0
     torch.testing.assert_close(params[name].detach(), start[key])
+
+    # a reward model of the first layer takes that layer's LoRA from the SFT adapter and leaves the rest
+    cut, _, _, kept = reward_stage.build_model(str(sft), LoraSection(), seed=0, layers=1)
+    cut_params = dict(cut.named_parameters())
+    assert kept == 1 and not any(".layers.1." in n for n in cut_params)
+    key = next(k for k in start if "lora_B" in k and ".layers.0." in k)
+    torch.testing.assert_close(cut_params[key.replace(".lora_B.weight", ".lora_B.default.weight")].detach(), start[key])
 
 
 @pytest.mark.parametrize("row, problem", [

@@ -308,14 +308,22 @@ def test_policy_from_sft_adapter_keeps_a_frozen_reference_copy(tiny_model_dir, t
     assert all(torch.equal(references[0][k], references[1][k]) for k in references[0])
 
 
-@pytest.mark.parametrize("critic", ["separate", "shared"])
+@pytest.mark.parametrize("critic", ["separate", "shared", "first-layer"])
 def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm, prompts_file, tmp_path, critic):
+    """Also with a critic in a pass of its own over the first layer ("first-layer": the reward model reads the
+    first of the tiny base's 2 layers, so the critic made from it does too)."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from posttrain.stages.rlhf import run_rlhf
 
+    if critic == "first-layer":
+        tiny_rm = shutil.copytree(tiny_rm, tmp_path / "rm-first-layer")
+        meta = json.loads((tiny_rm / "posttrain.json").read_text())
+        (tiny_rm / "posttrain.json").write_text(json.dumps({**meta, "reward_layers": 1}))
     settings = {"ppo.steps": 4, "ppo.save_steps": 2, "ppo.epochs": 2, "ppo.adaptive_kl": True, "ppo.normalize_rewards": True,
-                "ppo.critic": critic}
+                "ppo.critic": "separate" if critic == "first-layer" else critic}
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "straight", **settings))
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "killed", **settings), halt_after_step=3)
     # the halted run left checkpoints but no finished output
@@ -330,7 +338,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_model_dir, tiny_rm,
     start = load_file(str(Path(tiny_rm) / "reward_head.safetensors"))["weight"].float()
     assert not torch.equal(heads[0]["weight"], start), "the value head did not train"
     assert torch.equal(heads[0]["weight"], heads[1]["weight"])
-    assert (tmp_path / "straight" / "critic" / "adapter_model.safetensors").is_file() == (critic == "separate")
+    assert (tmp_path / "straight" / "critic" / "adapter_model.safetensors").is_file() == (critic != "shared")
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
     assert [h["reward_mean"] for h in a] == [h["reward_mean"] for h in b]

@@ -282,12 +282,16 @@ def test_a_critic_made_from_a_reward_model_of_the_first_layers_runs_those_layers
                              for _ in range(4)))
     rm_dir = run_reward(load_config(RewardConfig, None, {"model": str(tiny_model_dir), "data": str(pairs),
                                                            "output": str(tmp_path / "rm"), "max_steps": 2, "lora.r": 4,
-                                                           "train.eval_split": 0.0, "layers": 1}))
+                                                           "train.eval_split": 0.0, "layers": 1,
+                                                           # named modules: the critic adapter then has layer 1's LoRA too
+                                                           "lora.target_modules": "q_proj,v_proj"}))
     roles = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo", precision="fp32"),
                        torch.device("cpu"), critic=True)
     assert roles.critic_layers == 1
     names = {id(p): n for n, p in roles.model.named_parameters()}
     critic = [names[id(p)] for p in roles.parameter_groups()[CRITIC] if id(p) in names]
+    layer1 = [p for n, p in roles.model.named_parameters() if ".layers.1." in n and ".critic." in n]
+    assert layer1 and not any(p.requires_grad for p in layer1)
     assert critic and all(".layers.0." in n for n in critic)  # not layer 1's LoRA, which the critic does not run
 
     rm = load_reward_model(rm_dir)
