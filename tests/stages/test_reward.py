@@ -245,9 +245,9 @@ def test_a_quantized_bases_reward_head_trains_and_scores_in_fp32(tiny_model_dir,
     build = reward_stage.build_model
 
     def quantized(*args, **kwargs):
-        model, tokenizer, base = build(*args, **kwargs)
+        model, tokenizer, base, layers = build(*args, **kwargs)
         model.is_loaded_in_4bit = True  # what TRL reads to apply its QLoRA cast
-        return model, tokenizer, base
+        return model, tokenizer, base, layers
 
     monkeypatch.setattr(reward_stage, "build_model", quantized)
     data = write_jsonl(tmp_path / "p.jsonl", marker_pairs(8))
