@@ -263,12 +263,17 @@ def load_scorer_base(name: str, dtype: torch.dtype, device: torch.device, quanti
     return model if quantization != "none" else model.to(device)
 
 
+def _has_layer_list(body) -> bool:
+    """Whether a transformer body keeps its decoder layers as a ``layers`` ModuleList (Llama-like bodies)."""
+    return isinstance(getattr(body, "layers", None), torch.nn.ModuleList)
+
+
 def decoder_body(model) -> torch.nn.Module | None:
     """The transformer body (the module holding the ``layers`` list and the final norm) of a transformers model,
     with or without peft around it; None when the body keeps its layers under another name (GPT-2's ``h``)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(model, model.base_model_prefix, model)
-    return body if isinstance(getattr(body, "layers", None), torch.nn.ModuleList) else None
+    return body if _has_layer_list(body) else None
 
 
 def layer_index(name: str) -> int:
@@ -305,7 +310,7 @@ def keep_first_layers(model, count: int) -> int:
 def first_layers(body: torch.nn.Module | None, count: int) -> Iterator[None]:
     """Inside the block, ``body`` (see :func:`decoder_body`) runs its first ``count`` layers alone (0: all), then its
     final norm: the states a reward model trained on :func:`keep_first_layers`'s body reads, from a whole model."""
-    if not isinstance(getattr(body, "layers", None), torch.nn.ModuleList) or not 0 < count < len(body.layers):
+    if not _has_layer_list(body) or not 0 < count < len(body.layers):
         yield
         return
     layers = body.layers

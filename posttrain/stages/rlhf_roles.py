@@ -134,7 +134,9 @@ class Roles(nn.Module):
         self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
         self._trainable = (POLICY, CRITIC) if self.critic_adapter else (POLICY,)
-        self._lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n or "trainable_tokens" in n]
+        # each adapter parameter with whether it trains, decided once (the role switches of _peft_role re-apply it)
+        self._lora_params = [(p, self._trains(n)) for n, p in model.named_parameters()
+                             if "lora_" in n or "trainable_tokens" in n]
         self._restore_trainable()
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import AuxiliaryTrainingWrapper
@@ -187,8 +189,8 @@ class Roles(nn.Module):
     def _restore_trainable(self) -> None:
         """peft's set_adapter makes only the active adapter trainable, which would cut the gradient of a policy
         graph built before the critic's turn; trainability is ours to keep: policy and critic, nothing else."""
-        for param_name, param in self._lora_params:
-            param.requires_grad_(self._trains(param_name))
+        for param, trains in self._lora_params:
+            param.requires_grad_(trains)
 
     def _trains(self, param_name: str) -> bool:
         """Whether a LoRA parameter is trained: the policy's, and the critic's on the layers the critic runs."""
