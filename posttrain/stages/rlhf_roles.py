@@ -366,8 +366,9 @@ class Roles(nn.Module):
     # on this CPU in bf16: up to 0.4 nats on a token's log-prob), though they are wherever the row sits in a pass of
     # a given size. So the scoring passes have the training pass's number of row blocks: policy and critic train
     # in one stacked pass (2 blocks), so policy and reference are scored in one too; a policy alone (no critic, a
-    # shared one, or a critic in a short pass of its own) is scored alone. Then the old log-probs are the first epoch's training log-probs to the bit (the PPO
-    # ratio is 1 before the first update) and, at the first step, the reference's too (KL 0).
+    # shared one, or a critic in a short pass of its own) is scored alone. Then the old log-probs are the first
+    # epoch's training log-probs to the bit (the PPO ratio is 1 before the first update) and, at the first step, the
+    # reference's too (KL 0).
 
     @torch.no_grad()
     def score(self, batch: Minibatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -464,7 +465,7 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         model.add_adapter(CRITIC, lora_config(LoraSection(**{**vars(config.lora), "dropout": 0.0})))
         value_head = zero_head(hidden).to(device)
     roles = Roles(model, tokenizer, loaded.base_model, reference, value_head, device, dtype, config.ppo.critic,
-                  critic_layers=rm_layers if rm_on_base and critic_adapter else 0)
+                  critic_layers=rm_layers)  # 0 without a reward model on this base; unused without a critic adapter
     if checkpointing_wanted("rlhf", config):
         # the model stays in eval mode (no dropout), and a layer's recomputation in the backward pass must run the
         # adapters its forward ran: recompute_context puts them back
