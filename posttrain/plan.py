@@ -7,6 +7,7 @@ and what to change when it will not fit. The parts and their arithmetic are in f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -43,6 +44,20 @@ def _adapter_shape(model: str, r: int, targets: str) -> tuple[int, str]:
     saved = json.loads(file.read_text())
     found = saved["target_modules"]
     return saved["r"], found if isinstance(found, str) else ",".join(found)
+
+
+def _first_layers(shape: Shape, layers: int) -> Shape:
+    """The shape of a body cut to its first ``layers`` decoder layers (0, or as many as it has: all of them)."""
+    return dataclasses.replace(shape, layers=layers) if 0 < layers < shape.layers else shape
+
+
+def _reward_layers(config: Any) -> int:
+    """How many decoder layers the RL stage's reward model reads (its checkpoint's reward_layers; 0: all)."""
+    if not config.reward_model or not Path(config.reward_model, "posttrain.json").is_file():
+        return 0
+    from posttrain.stages.reward_model import checkpoint_layers
+
+    return checkpoint_layers(config.reward_model)
 
 
 def _activations(shape: Shape, tokens: int, per_layer: float, act: int, checkpointing: bool) -> float:
@@ -93,8 +108,11 @@ def estimate(stage: str, config: Any, device: str, *, runtime: int | None = None
 
 def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool):
     """SFT, reward model and DPO on TRL's trainers: one trained adapter; rows as long as
-    train.max_length. DPO and the reward model run chosen and rejected rows in one batch (2 x batch_size)."""
+    train.max_length. DPO and the reward model run chosen and rejected rows in one batch (2 x batch_size). The reward
+    model keeps the base's first ``layers`` decoder layers (posttrain rm --layers): the rest are never loaded."""
     train, lora = config.train, config.lora
+    if stage == "rm":
+        shape = _first_layers(shape, config.layers)
     precision = train.precision if train.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     weight = DTYPE_BYTES[precision]
     # on a GPU the trainer's autocast matches the weights' dtype; on a CPU fp32, an upper bound where the CPU's bf16
@@ -131,14 +149,16 @@ def _trl(stage: str, shape: Shape, config: Any, device: str, checkpointing: bool
             items["allocator: the previous step's freed peak (CPU)"] = logits
     if stage == "dpo" and Path(config.model, "adapter_config.json").is_file():
         items["adapters (fp32)"] *= 2  # TRL's frozen copy "ref" of the SFT adapter, the reference
-    notes = [f"{shape.params / 1e6:.1f} M base parameters, {lora_params / 1e6:.2f} M LoRA (r={r}, {targets}); "
+    kept = f" (its first {shape.layers} decoder layers, --layers)" if stage == "rm" and 0 < config.layers else ""
+    notes = [f"{shape.params / 1e6:.1f} M base parameters{kept}, {lora_params / 1e6:.2f} M LoRA (r={r}, {targets}); "
              "rows at train.max_length (an upper bound: batches are padded to their longest row)"]
     return items, notes, {"batch": "train.batch_size", "length": "train.max_length"}
 
 
 def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_tokens: int | None):
     """The RL stage: one base in bf16 (a GPU, or a CPU with fast bf16; else fp32) with every role an adapter on it;
-    policy and critic train from one stacked pass per minibatch."""
+    policy and critic train from one stacked pass per minibatch, or, a critic made from a reward model of its first
+    N layers (posttrain rm --layers), the critic from a pass of its own over those N, whose LoRA alone it trains."""
     import torch
 
     from posttrain.models import frozen_base_dtype, is_adapter_folder
@@ -152,17 +172,22 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     critic_adapter = critic and config.ppo.critic == "separate"
     r, targets = _adapter_shape(config.model, config.lora.r, config.lora.target_modules)
     lora_params = shape.lora_params(r, targets)
-    trained = 2 if critic_adapter else 1
+    critic_layers = _reward_layers(config) if critic_adapter else 0
+    critic_shape = _first_layers(shape, critic_layers)
+    stacked = critic_adapter and critic_shape is shape  # the critic a second row block of the policy's pass
+    trained = 1 + (critic_shape.layers / shape.layers if critic_adapter else 0)
     frozen = int(bool(config.reward_model)) + int(is_adapter_folder(config.model))
     prompt = min(prompt_tokens or rollout.max_prompt_length, rollout.max_prompt_length)
     width = prompt + rollout.max_new_tokens
     from posttrain.stages.rlhf_steps import pass_size
 
     micro = pass_size(ppo.minibatch_size, ppo.micro_batch_size, weight == 4)  # responses per forward/backward pass
-    rows = micro * (2 if critic_adapter else 1)  # policy and critic rows stacked in one pass
+    rows = micro * (2 if stacked else 1)
     attention = attention_for(device, width, "sdpa")
     per_layer = layer_bytes(shape, targets, r, act=act, lora_copies=False, mask=0, attention=attention, seq=width)
     graph = _activations(shape, rows * width, per_layer, act, checkpointing)
+    if critic_adapter and not stacked:  # the critic's own pass; both graphs wait for one backward
+        graph += _activations(critic_shape, micro * width, per_layer, act, checkpointing)
     # the policy's log-probs: bf16 logits, their fp32 copy over the temperature kept for the backward pass, and the
     # logsumexp temporaries; one more minibatch's, without a graph, while the first one's graph waits (scoring)
     logits = micro * rollout.max_new_tokens * shape.vocab * (weight + 4 + 4 + 4 + 2)
@@ -175,11 +200,13 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     sampling = kv_cache + folded
     items = {
         f"base weights ({'bf16' if weight == 2 else 'fp32'}{quant})": base_bytes(shape, weight, config.quantization),
-        "adapters (fp32)": 4 * lora_params * (trained + frozen),
+        "adapters (fp32)": 4 * lora_params * (1 + int(critic_adapter) + frozen),
         "adapter gradients + AdamW": 12 * lora_params * trained,
         # with a half-precision base the log-probs come from fp32 logits: the output layer's fp32 copy, made once
         **({"output layer in fp32 (the log-probs' logits)": shape.vocab * shape.hidden * 4} if base_dtype != torch.float32 else {}),
-        f"activations ({rows} rows x {width} tokens, checkpointing {'on' if checkpointing else 'off'})": graph,
+        f"activations ({rows} rows x {width} tokens"
+        + (f", and {micro} over the critic's {critic_shape.layers} layers" if critic_adapter and not stacked else "")
+        + f", checkpointing {'on' if checkpointing else 'off'})": graph,
         f"logits ({micro} x {rollout.max_new_tokens} response tokens x {shape.vocab})": logits,
         f"rollout: KV cache + folded policy ({max(sampling - training, 0) / GiB:.2f} GiB beyond training)":
             max(sampling - training, 0),

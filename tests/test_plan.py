@@ -161,3 +161,55 @@ def test_on_a_cpu_the_plan_counts_the_lean_heads_chunks_unless_the_head_is_soft_
     for model, part in ((tiny_model_dir, "logits (posttrain.lm_head chunks)"), (capped, "logits (fused LM head tiles)")):
         assert main(["plan", "dpo", "--model", str(model), "--device", "cpu"]) == 0
         assert part in capsys.readouterr().out
+
+
+def test_plan_for_a_reward_model_of_fewer_layers_counts_the_kept_layers_alone(tiny_model_dir):
+    """`posttrain rm --layers 1` on a 2-layer base never loads the second layer: its weights, LoRA and activations
+    are out of the plan (measured by bench/plan_check.py: +110% over the real peak while the plan counted them)."""
+    from dataclasses import replace
+
+    from posttrain.config import RewardConfig, load_config
+    from posttrain.plan import estimate
+
+    def items(layers: int) -> dict[str, float]:
+        config = load_config(RewardConfig, None, {"model": str(tiny_model_dir), "layers": layers})
+        return estimate("rm", config, "cpu", runtime=0, capacity=2**40).items
+
+    shape = read_shape(str(tiny_model_dir))
+    assert shape.layers == 2
+    cut, every = items(1), items(0)
+    assert cut["base weights (fp32)"] == base_bytes(replace(shape, layers=1), 4, "none") < every["base weights (fp32)"]
+    (part,) = [name for name in every if name.startswith("activations")]
+    assert cut[part] == pytest.approx(every[part] / 2)
+    assert cut["adapter gradients + AdamW"] == pytest.approx(every["adapter gradients + AdamW"] / 2)
+    assert items(5) == every  # more layers than the base has: all of them
+
+
+def test_plan_for_a_critic_from_a_cut_reward_model_counts_its_own_short_pass(tiny_model_dir, tmp_path):
+    """A critic made from a reward model of the first N layers runs a pass of its own over those N and trains only
+    their LoRA: the plan counts the policy's rows over every layer plus the critic's over N, not a stacked pass."""
+    from posttrain.config import RLHFConfig, load_config
+    from posttrain.models import write_metadata
+    from posttrain.plan import estimate
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+
+    def items(reward_layers: int) -> dict[str, float]:
+        write_metadata(rm, stage="rm", base_model=str(tiny_model_dir), reward_layers=reward_layers)
+        config = load_config(RLHFConfig, None, {"model": str(tiny_model_dir), "reward_model": str(rm),
+                                                "prompts": str(prompts)})
+        return estimate("rlhf", config, "cpu", runtime=0, capacity=2**40).items
+
+    stacked, cut = items(0), items(1)
+    (stacked_part,) = [name for name in stacked if name.startswith("activations")]
+    (cut_part,) = [name for name in cut if name.startswith("activations")]
+    assert stacked_part.startswith("activations (8 rows") and cut_part.startswith("activations (4 rows")
+    assert "and 4 over the critic's 1 layers" in cut_part
+    # the policy's 4 rows over 2 layers and the critic's 4 over 1: three quarters of 8 rows over 2 layers
+    assert cut[cut_part] == pytest.approx(stacked[stacked_part] * 3 / 4)
+    # policy LoRA on 2 layers, critic LoRA on 1: 3 layers' worth of gradients and AdamW state, against 4
+    assert cut["adapter gradients + AdamW"] == pytest.approx(stacked["adapter gradients + AdamW"] * 3 / 4)
+    assert cut["adapters (fp32)"] == stacked["adapters (fp32)"]
