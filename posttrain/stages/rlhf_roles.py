@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -110,6 +111,40 @@ def zero_head(hidden_size: int) -> nn.Linear:
     return head
 
 
+@dataclass
+class SharedPrompts:
+    """Consecutive rows with the same prompt (a group's responses): the prompt runs once per run of rows and
+    every row continues from its keys and values, with gradients through them summed over the run.
+
+    A group of K responses to a prompt of P tokens costs P + K x R tokens of a pass instead of K x (P + R): with
+    4 responses of 32 tokens to a 45-token prompt, 173 instead of 308. A row's numbers are those of a pass over
+    its whole sequence up to the order of sums (the prompt's products run over fewer rows); scoring and training
+    passes of a minibatch share prompts alike, so old and new log-probs still agree to the bit."""
+
+    context: int  # the prompt's columns
+    firsts: torch.Tensor  # the first row of each run, in every stacked copy: the rows the prompt pass runs
+    expand: torch.Tensor  # for every row (every copy), its run's index among ``firsts``
+    prompts: int  # runs per copy
+    rows: int  # rows per copy
+
+
+def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
+                   copies: int = 1) -> SharedPrompts | None:
+    """The runs of consecutive rows whose first ``context`` columns (ids and mask) are the same, for rows stacked
+    ``copies`` times (one block per role, see Roles.hidden); None when no two consecutive rows share them."""
+    if context <= 0 or len(input_ids) < 2:
+        return None
+    ids, mask = input_ids[:, :context], attention_mask[:, :context]
+    starts = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
+    starts[1:] = (ids[1:] != ids[:-1]).any(1) | (mask[1:] != mask[:-1]).any(1)
+    if bool(starts.all()):
+        return None
+    rows, firsts, expand = len(ids), starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
+    prompts = len(firsts)
+    return SharedPrompts(context, torch.cat([firsts + copy * rows for copy in range(copies)]),
+                         torch.cat([expand + copy * prompts for copy in range(copies)]), prompts, rows)
+
+
 class Roles(nn.Module):
     """The shared base with its adapters and heads; the trainable parts are the policy and, for PPO, the critic
     and its value head. Built by :func:`load_roles`."""
@@ -133,6 +168,9 @@ class Roles(nn.Module):
         self.reward_layers = 0  # how many decoder layers it reads (0: all)
         self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
+        # rows that share a prompt (a group's responses) run it once, see SharedPrompts; off under gradient
+        # checkpointing, whose recomputed layers would write the prompt's KV cache a second time
+        self.share_prompts = True
         self._trainable = (POLICY, CRITIC) if self.critic_adapter else (POLICY,)
         # each adapter parameter with whether it trains, decided once (the role switches of _peft_role re-apply it)
         self._lora_params = [(p, self._trains(n)) for n, p in model.named_parameters()
@@ -225,20 +263,35 @@ class Roles(nn.Module):
         rather than in a pass of its own over its first ``critic_layers`` layers."""
         return self.critic_adapter and not self.critic_layers
 
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int = 0) -> torch.Tensor:
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int = 0,
+                shared: SharedPrompts | None = None, row_blocks=None) -> torch.Tensor:
         """The body's last hidden states (through its final norm) of a pass over its first ``layers`` decoder
-        layers (0: all)."""
+        layers (0: all). With ``shared``, each run of rows with the same prompt runs it once (see SharedPrompts;
+        ``row_blocks(rows)``: the row-block plan for that many rows per role, for stacked roles)."""
         causal_lm = self.model.get_base_model()
         # for short sequences, eager attention's backward is cheaper on a CPU than the fused kernel's (about 12%
         # of a training pass at 70 tokens); longer ones keep SDPA's linear memory. Scoring passes take the same
         # kernel as training passes, so old and new log-probs of unchanged weights agree to the last bit.
         self._set_attention(attention_for(self.device.type, input_ids.shape[1], self._attention))
+        body = causal_lm.base_model
         # with a bf16 base, autocast runs the fp32 adapters' products in bf16 too (their weights and gradients
         # stay fp32): about 20% off a training pass on a CPU, and no fp32 copies of the activations
-        with self._autocast(), first_layers(causal_lm.base_model, layers):
-            out = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids(attention_mask), use_cache=False)
-        return out.last_hidden_state
+        with self._autocast(), first_layers(body, layers):
+            if shared is None:
+                return body(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+            blocks_of = row_blocks or (lambda rows: contextlib.nullcontext())
+            c, firsts = shared.context, shared.firsts
+            with blocks_of(shared.prompts):  # each distinct prompt once, its KV cache kept (with its graph)
+                prompt_mask = attention_mask[firsts, :c]
+                prompt = body(input_ids=input_ids[firsts, :c], attention_mask=prompt_mask,
+                              position_ids=position_ids(prompt_mask), use_cache=True)
+            cache = prompt.past_key_values
+            cache.reorder_cache(shared.expand)  # every row reads its prompt's keys and values
+            with blocks_of(shared.rows):
+                rest = body(input_ids=input_ids[:, c:], attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask)[:, c:], past_key_values=cache, use_cache=True)
+        return torch.cat([prompt.last_hidden_state[shared.expand], rest.last_hidden_state], dim=1)
 
     # -- the role forwards -------------------------------------------------------------------------
 
@@ -289,23 +342,29 @@ class Roles(nn.Module):
         with swapped_weights(weights()), self.role(None):
             yield
 
-    def hidden(self, roles: list[str | None], input_ids, attention_mask, layers: int = 0) -> tuple[torch.Tensor, ...]:
+    def hidden(self, roles: list[str | None], input_ids, attention_mask, layers: int = 0,
+               context: int = 0) -> tuple[torch.Tensor, ...]:
         """The body's last hidden states of the same rows under each role in ``roles``, from one batched pass over
         the first ``layers`` decoder layers (0: all; the reward model's and the critic's count, see Roles).
 
         The rows are stacked once per role and each block runs through its own adapter (see rlhf_lora), so
         the base's products run once over all of them. Each row's numbers are the same as from a pass of that
-        role alone: rows do not mix in any product."""
-        if self._rows is None or len(roles) == 1:
+        role alone: rows do not mix in any product. ``context``: the prompt's columns; consecutive rows with the
+        same prompt then run it once (SharedPrompts)."""
+        stacked = self._rows is not None and len(roles) > 1
+        shared = shared_prompts(input_ids, attention_mask, context if self.share_prompts else 0,
+                                copies=len(roles) if stacked else 1)
+        if not stacked:
             out = []
             for name in roles:
                 with self.role(name):
-                    out.append(self._hidden(input_ids, attention_mask, layers))
+                    out.append(self._hidden(input_ids, attention_mask, layers, shared))
             return tuple(out)
         n = len(input_ids)
         with self._rows.use(blocks(roles, n)):
-            stacked = self._hidden(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1), layers)
-        return stacked.split(n)
+            hidden = self._hidden(input_ids.repeat(len(roles), 1), attention_mask.repeat(len(roles), 1), layers, shared,
+                                  row_blocks=lambda rows: self._rows.use(blocks(roles, rows)))
+        return hidden.split(n)
 
     def logprobs(self, role: str | None, hidden: torch.Tensor, input_ids, context_len: int, temperature: float,
                  with_entropy: bool = False, entropy_grad: bool = True):
@@ -348,7 +407,7 @@ class Roles(nn.Module):
         Scoring calls it too (under no_grad) with the minibatch views the first epoch trains on, so the old
         log-probs of a row are computed exactly as its first training pass computes them."""
         names = [POLICY, CRITIC] if self._critic_stacked else [POLICY]
-        hidden = self.hidden(names, batch.ids, batch.attn)
+        hidden = self.hidden(names, batch.ids, batch.attn, context=batch.context)
         logprobs, entropy = self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature,
                                           with_entropy=True, entropy_grad=entropy_grad) if with_entropy else \
             (self.logprobs(POLICY, hidden[0], batch.ids, batch.context, temperature), None)
@@ -359,7 +418,7 @@ class Roles(nn.Module):
         """The states the value head reads: the critic's block of a stacked pass, its own pass over its first
         ``critic_layers`` layers, or (a shared critic) the policy's."""
         if self.critic_adapter and self.critic_layers:
-            return self.hidden([CRITIC], batch.ids, batch.attn, self.critic_layers)[0]
+            return self.hidden([CRITIC], batch.ids, batch.attn, self.critic_layers, context=batch.context)[0]
         return hidden[-1]
 
     # The base's products are not the same to the bit for a row in a pass of n rows and in a pass of 2n (measured
@@ -375,10 +434,11 @@ class Roles(nn.Module):
         """(old policy log-probs, reference log-probs, critic values or None) of a minibatch view, (rows, width) each."""
         ref = self.reference_adapter
         if self._critic_stacked:
-            policy, reference = self.hidden([POLICY, ref], batch.ids, batch.attn)
-            (critic,) = self.hidden([CRITIC], batch.ids, batch.attn)  # values need no bitwise match
+            policy, reference = self.hidden([POLICY, ref], batch.ids, batch.attn, context=batch.context)
+            (critic,) = self.hidden([CRITIC], batch.ids, batch.attn, context=batch.context)  # values need no bitwise match
         else:
-            (policy,), (reference,) = self.hidden([POLICY], batch.ids, batch.attn), self.hidden([ref], batch.ids, batch.attn)
+            (policy,) = self.hidden([POLICY], batch.ids, batch.attn, context=batch.context)
+            (reference,) = self.hidden([ref], batch.ids, batch.attn, context=batch.context)
             critic = self._critic_hidden((policy,), batch)  # its own short pass, or a shared critic's: the policy's
         values = self.values(critic, batch.context) if self.has_critic else None
         return (self.logprobs(POLICY, policy, batch.ids, batch.context, temperature),
@@ -389,7 +449,7 @@ class Roles(nn.Module):
         """Reference log-probs (rows, width) of a view whose policy log-probs came from a training pass: from a pass
         with as many row blocks as that one (see above), beside the critic when there is one."""
         names = [self.reference_adapter, CRITIC] if self._critic_stacked else [self.reference_adapter]
-        hidden = self.hidden(names, batch.ids, batch.attn)[0]
+        hidden = self.hidden(names, batch.ids, batch.attn, context=batch.context)[0]
         return self.logprobs(self.reference_adapter, hidden, batch.ids, batch.context, temperature)
 
 
@@ -470,6 +530,7 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
         # the model stays in eval mode (no dropout), and a layer's recomputation in the backward pass must run the
         # adapters its forward ran: recompute_context puts them back
         enable_gradient_checkpointing(model, recompute_context=roles.recompute_context, in_eval_mode=True)
+        roles.share_prompts = False
         log("gradient checkpointing: activations are recomputed in the backward pass")
     if rm_on_base:
         from posttrain.stages.reward_model import checkpoint_pooling

@@ -89,7 +89,7 @@ def score(rollout: Rollout, roles, optim, sources: RewardSources, config: RLHFCo
     """
     temperature, ppo = config.rollout.temperature, config.ppo
     size, per_step = optim.pass_size, optim.passes_per_step
-    rollout.order = torch.randperm(len(rollout))
+    rollout.order = rollout.shuffled()
     views = [rollout.rows(rows) for rows in minibatch_rows(rollout.order, size)]
     with optim.syncing(last=min(per_step, len(views)) == 1):
         first = Forward(*optim.model(views[0], temperature, entropy_grad=ppo.entropy_coef != 0))
@@ -232,7 +232,7 @@ def update(rollout: Rollout, first: Forward, optim: Optimisation, config: RLHFCo
     updated = stopped_early = False
     steps = 0
     for epoch in range(ppo.epochs):
-        batches = minibatch_rows(rollout.order if epoch == 0 else torch.randperm(len(rollout)), size)
+        batches = minibatch_rows(rollout.order if epoch == 0 else rollout.shuffled(), size)
         for start in range(0, len(batches), per_step):
             chunk = [rollout.rows(rows) for rows in batches[start:start + per_step]]
             weights = minibatch_weights(chunk, ppo.loss_aggregation, collective)

@@ -71,6 +71,12 @@ class Rollout:
         return (torch.cat([self.query, self.response], dim=1),
                 torch.cat([self.query_mask, self.mask.long()], dim=1))
 
+    def shuffled(self) -> Tensor:
+        """A random order of the rows that keeps each group's responses together and in order, so that a pass over
+        a minibatch runs each prompt once (rlhf_roles.SharedPrompts). With groups of 1, torch.randperm."""
+        groups = torch.randperm(len(self) // self.group_size)
+        return (groups[:, None] * self.group_size + torch.arange(self.group_size)).flatten()
+
     def rows(self, rows: Tensor) -> Minibatch:
         """The rows ``rows`` of the rollout without the columns that are padding in all of them.
 

@@ -308,7 +308,7 @@ def test_a_critic_made_from_a_reward_model_of_the_first_layers_runs_those_layers
         body, head = body_and_head(rm.model)
         states = body(input_ids=ids).last_hidden_state
         expected = head(states[:, start - 1:-1]).squeeze(-1)
-    assert passes == [([POLICY], ()), ([CRITIC], (1,))]
+    assert passes == [([POLICY], (start,)), ([CRITIC], (1, start))]
     torch.testing.assert_close(values, expected, atol=1e-4, rtol=1e-4)
 
     shared = load_roles(ppo_config(tiny_model_dir, rm_dir, prompts_file, tmp_path / "ppo2", precision="fp32",
@@ -505,3 +505,80 @@ def test_micro_batches_must_divide_the_minibatch(tiny_model_dir, tiny_rm, prompt
     with pytest.raises(ConfigError, match=r"--ppo.minibatch_size \(4\) must be a multiple of --ppo.micro_batch_size \(3\)"):
         run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
             "rollout.batch_size": 8, "ppo.minibatch_size": 4, "ppo.micro_batch_size": 3}))
+
+
+def _grouped_minibatch(roles, prompts: list[str], group: int, response_len: int = 5):
+    """A minibatch of ``group`` consecutive responses to each prompt (left-padded prompts, random responses)."""
+    from posttrain.stages.rlhf_steps import encode_prompts
+    from posttrain.stages.rollout import Rollout
+
+    rows = [{"prompt": p} for p in prompts for _ in range(group)]
+    query, query_mask, _ = encode_prompts(roles.tokenizer, [r["prompt"] for r in rows], 64, roles.device)
+    generator = torch.Generator().manual_seed(0)
+    response = torch.randint(10, 1000, (len(rows), response_len), generator=generator)
+    mask = torch.ones_like(response, dtype=torch.bool)
+    mask[1, 3:] = False  # one shorter response
+    rollout = Rollout(query, query_mask, response, mask, mask.sum(1), torch.ones(len(rows), dtype=torch.bool),
+                      torch.zeros(response.shape), rows, group)
+    return rollout, rollout.rows(torch.arange(len(rows)))
+
+
+@pytest.mark.parametrize("critic", ["none", "stacked"])
+def test_a_groups_prompt_runs_once_with_the_numbers_and_gradients_of_whole_rows(tiny_model_dir, tiny_rm, prompts_file,
+                                                                                 tmp_path, critic):
+    """Consecutive responses to one prompt run the prompt once and continue from its keys and values: the body sees
+    each prompt's tokens once, and log-probs, values and the policy's gradients are those of passes over the whole
+    rows (fp32, to summation order). With a stacked critic the prompt pass keeps one row block per role."""
+    from posttrain.stages.rlhf_roles import POLICY, load_roles
+
+    roles = load_roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="fp32"),
+                       torch.device("cpu"), critic=critic == "stacked")
+    assert roles._critic_stacked == (critic == "stacked")
+    _, batch = _grouped_minibatch(roles, ["Name a fruit.", "What is the capital of France, in one word?"], group=3)
+    seen = []
+    embed = roles.model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+
+    def run(share: bool):
+        roles.share_prompts = share
+        seen.clear()
+        roles.model.zero_grad(set_to_none=True)
+        logprobs, _, values = roles.forward(batch, temperature=1.0, with_entropy=False)
+        loss = logprobs.masked_fill(~batch.mask, 0).sum() + (0 if values is None else values.masked_fill(~batch.mask, 0).sum())
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in roles.model.named_parameters() if p.grad is not None and POLICY in n}
+        return logprobs.detach(), None if values is None else values.detach(), grads, list(seen)
+
+    plain, shared = run(False), run(True)
+    hook.remove()
+    blocks = 2 if critic == "stacked" else 1
+    width = batch.ids.shape[1]
+    assert plain[3] == [(6 * blocks, width)]
+    # two prompts once per role block, then every row's response columns
+    assert shared[3] == [(2 * blocks, batch.context), (6 * blocks, width - batch.context)]
+    torch.testing.assert_close(shared[0], plain[0], rtol=1e-5, atol=1e-5)
+    if critic == "stacked":
+        torch.testing.assert_close(shared[1], plain[1], rtol=1e-5, atol=1e-5)
+    assert plain[2].keys() == shared[2].keys() and plain[2]
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(shared[2][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_minibatches_keep_a_groups_responses_together_and_rows_alone_are_shuffled_as_before():
+    from posttrain.stages.rollout import Rollout
+
+    def rollout(rows: int, group: int) -> Rollout:
+        ids = torch.zeros(rows, 2, dtype=torch.long)
+        return Rollout(ids, torch.ones_like(ids), ids, ids.bool(), ids.sum(1), ids[:, 0].bool(), ids.float(),
+                       [{}] * rows, group)
+
+    torch.manual_seed(3)
+    order = rollout(12, 4).shuffled()
+    assert sorted(order.tolist()) == list(range(12))
+    for start in range(0, 12, 4):  # each group whole, its rows in order, the groups shuffled
+        assert order[start:start + 4].tolist() == list(range(int(order[start]), int(order[start]) + 4))
+    assert order.tolist() != list(range(12))
+    torch.manual_seed(3)
+    single = rollout(12, 1).shuffled()
+    torch.manual_seed(3)
+    assert single.tolist() == torch.randperm(12).tolist()
