@@ -91,6 +91,41 @@ def cache_of(out):
     return getattr(out, CACHE)
 
 
+@dataclass
+class SharedPrompts:
+    """Consecutive rows with the same prompt (a group's responses): the prompt runs once per run of rows and
+    every row continues from its keys and values, with gradients through them summed over the run.
+
+    A group of K responses to a prompt of P tokens costs P + K x R tokens of a pass instead of K x (P + R): with
+    4 responses of 32 tokens to a 45-token prompt, 173 instead of 308. A row's numbers are those of a pass over
+    its whole sequence up to the order of sums (the prompt's products run over fewer rows); the RL stage's
+    scoring and training passes of a minibatch share prompts alike (rlhf_roles.Roles.hidden), so old and new
+    log-probs still agree to the bit, and :func:`sample` runs each distinct prompt once before decoding."""
+
+    context: int  # the prompt's columns
+    firsts: torch.Tensor  # the first row of each run, in every stacked copy: the rows the prompt pass runs
+    expand: torch.Tensor  # for every row (every copy), its run's index among ``firsts``
+    prompts: int  # runs per copy
+    rows: int  # rows per copy
+
+
+def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
+                   copies: int = 1) -> SharedPrompts | None:
+    """The runs of consecutive rows whose first ``context`` columns (ids and mask) are the same, for rows stacked
+    ``copies`` times (one block per role, see Roles.hidden); None when no two consecutive rows share them."""
+    if context <= 0 or len(input_ids) < 2:
+        return None
+    ids, mask = input_ids[:, :context], attention_mask[:, :context]
+    starts = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
+    starts[1:] = (ids[1:] != ids[:-1]).any(1) | (mask[1:] != mask[:-1]).any(1)
+    if bool(starts.all()):
+        return None
+    rows, firsts, expand = len(ids), starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
+    prompts = len(firsts)
+    return SharedPrompts(context, torch.cat([firsts + copy * rows for copy in range(copies)]),
+                         torch.cat([expand + copy * prompts for copy in range(copies)]), prompts, rows)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,
@@ -113,10 +148,19 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     mask, ids, positions, cache = query_mask, query, position_ids(query_mask), None
     finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
     tokens, logprobs = [], []
+    shared = shared_prompts(query, query_mask, query.shape[1])  # a group's rows: its prompt runs once
     for t in range(max_new_tokens):
-        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(cache))
-        cache = cache_of(out)
-        logits = head(out.last_hidden_state[:, -1].contiguous()).float()
+        if t == 0 and shared is not None:
+            out = body(input_ids=ids[shared.firsts], attention_mask=mask[shared.firsts],
+                       position_ids=positions[shared.firsts], use_cache=True)
+            cache = cache_of(out)
+            cache.reorder_cache(shared.expand)
+            last = out.last_hidden_state[shared.expand, -1]
+        else:
+            out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(cache))
+            cache = cache_of(out)
+            last = out.last_hidden_state[:, -1]
+        logits = head(last.contiguous()).float()
         token = next_token(logits, temperature, top_p, None if uniforms is None else uniforms[:, t])
         if with_logprobs:
             drawn = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1).gather(-1, token[:, None]).squeeze(-1)

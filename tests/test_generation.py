@@ -45,6 +45,31 @@ def test_greedy_sampling_matches_transformers_generate(tiny_model_dir, tokenizer
     assert torch.equal(ours, theirs[:, : ours.shape[1]])
 
 
+def test_a_groups_prompt_is_prefilled_once_and_samples_what_whole_rows_would(tiny_model_dir, tokenizer, monkeypatch):
+    """Rows that repeat a prompt (a group's responses, consecutive) prefill it once: the body's first call sees
+    each distinct prompt once; every row's tokens and log-probs are those of prefilling every row."""
+    from transformers import AutoModelForCausalLM
+
+    import posttrain.generation as generation
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [[{"role": "user", "content": q}] for q in ("Say hello.", "What is two plus two, please?") for _ in range(3)]
+    query, mask, _ = encode_prompts(tokenizer, prompts, 64, torch.device("cpu"))
+    uniforms = torch.rand(len(prompts), 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    shared = sample(model, tokenizer, query, mask, max_new_tokens=8, temperature=1.0, with_logprobs=True, uniforms=uniforms)
+    first_shared = calls[0]
+    calls.clear()
+    monkeypatch.setattr(generation, "shared_prompts", lambda *args, **kwargs: None)
+    whole = sample(model, tokenizer, query, mask, max_new_tokens=8, temperature=1.0, with_logprobs=True, uniforms=uniforms)
+    hook.remove()
+    assert first_shared == (2, query.shape[1]) and calls[0] == (6, query.shape[1])
+    assert torch.equal(shared[0], whole[0])
+    torch.testing.assert_close(shared[1], whole[1], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(shared[0][0], shared[0][1])  # the group's rows drew their own responses
+
+
 def test_rows_are_padded_after_their_stop_token(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 

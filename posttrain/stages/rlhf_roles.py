@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +29,16 @@ from torch.nn import functional as F
 
 from posttrain.attention import attention_for
 from posttrain.config import LoraSection, RLHFConfig
-from posttrain.generation import packed_weight, position_ids, sample, swapped_weights
+from posttrain.generation import (
+    SharedPrompts,
+    cache_of,
+    packed_weight,
+    position_ids,
+    sample,
+    shared_prompts,
+    swapped_weights,
+    with_cache,
+)
 from posttrain.memory import enable_gradient_checkpointing
 from posttrain.models import (
     adapter_base,
@@ -109,40 +117,6 @@ def zero_head(hidden_size: int) -> nn.Linear:
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return head
-
-
-@dataclass
-class SharedPrompts:
-    """Consecutive rows with the same prompt (a group's responses): the prompt runs once per run of rows and
-    every row continues from its keys and values, with gradients through them summed over the run.
-
-    A group of K responses to a prompt of P tokens costs P + K x R tokens of a pass instead of K x (P + R): with
-    4 responses of 32 tokens to a 45-token prompt, 173 instead of 308. A row's numbers are those of a pass over
-    its whole sequence up to the order of sums (the prompt's products run over fewer rows); scoring and training
-    passes of a minibatch share prompts alike, so old and new log-probs still agree to the bit."""
-
-    context: int  # the prompt's columns
-    firsts: torch.Tensor  # the first row of each run, in every stacked copy: the rows the prompt pass runs
-    expand: torch.Tensor  # for every row (every copy), its run's index among ``firsts``
-    prompts: int  # runs per copy
-    rows: int  # rows per copy
-
-
-def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
-                   copies: int = 1) -> SharedPrompts | None:
-    """The runs of consecutive rows whose first ``context`` columns (ids and mask) are the same, for rows stacked
-    ``copies`` times (one block per role, see Roles.hidden); None when no two consecutive rows share them."""
-    if context <= 0 or len(input_ids) < 2:
-        return None
-    ids, mask = input_ids[:, :context], attention_mask[:, :context]
-    starts = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
-    starts[1:] = (ids[1:] != ids[:-1]).any(1) | (mask[1:] != mask[:-1]).any(1)
-    if bool(starts.all()):
-        return None
-    rows, firsts, expand = len(ids), starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
-    prompts = len(firsts)
-    return SharedPrompts(context, torch.cat([firsts + copy * rows for copy in range(copies)]),
-                         torch.cat([expand + copy * prompts for copy in range(copies)]), prompts, rows)
 
 
 class Roles(nn.Module):
@@ -286,11 +260,11 @@ class Roles(nn.Module):
                 prompt_mask = attention_mask[firsts, :c]
                 prompt = body(input_ids=input_ids[firsts, :c], attention_mask=prompt_mask,
                               position_ids=position_ids(prompt_mask), use_cache=True)
-            cache = prompt.past_key_values
+            cache = cache_of(prompt)
             cache.reorder_cache(shared.expand)  # every row reads its prompt's keys and values
             with blocks_of(shared.rows):
                 rest = body(input_ids=input_ids[:, c:], attention_mask=attention_mask,
-                            position_ids=position_ids(attention_mask)[:, c:], past_key_values=cache, use_cache=True)
+                            position_ids=position_ids(attention_mask)[:, c:], use_cache=True, **with_cache(cache))
         return torch.cat([prompt.last_hidden_state[shared.expand], rest.last_hidden_state], dim=1)
 
     # -- the role forwards -------------------------------------------------------------------------
