@@ -109,6 +109,19 @@ class SharedPrompts:
     rows: int  # rows per copy
 
 
+def kv_cache_shareable(config) -> bool:
+    """Whether every layer of the model's KV cache holds keys and values alone (full or sliding-window attention),
+    so that a row can continue from another row's prompt; not linear-attention or recurrent state, which is
+    updated in place."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - a cache this transformers cannot lay out: run whole rows
+        return False
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, context: int,
                    copies: int = 1) -> SharedPrompts | None:
     """The runs of consecutive rows whose first ``context`` columns (ids and mask) are the same, for rows stacked
@@ -148,7 +161,8 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     mask, ids, positions, cache = query_mask, query, position_ids(query_mask), None
     finished = torch.zeros(len(query), dtype=torch.bool, device=query.device)
     tokens, logprobs = [], []
-    shared = shared_prompts(query, query_mask, query.shape[1])  # a group's rows: its prompt runs once
+    # a group's rows: its prompt runs once
+    shared = shared_prompts(query, query_mask, query.shape[1]) if kv_cache_shareable(causal_lm.config) else None
     for t in range(max_new_tokens):
         if t == 0 and shared is not None:
             out = body(input_ids=ids[shared.firsts], attention_mask=mask[shared.firsts],

@@ -52,11 +52,17 @@ def _first_layers(shape: Shape, layers: int) -> Shape:
 
 
 def _reward_layers(config: Any) -> int:
-    """How many decoder layers the RL stage's reward model reads (its checkpoint's reward_layers; 0: all)."""
+    """How many decoder layers a critic made from the RL stage's reward model reads: its checkpoint's
+    reward_layers where it shares the policy's base (elsewhere the critic starts fresh, over every layer; 0: all)."""
     if not config.reward_model or not Path(config.reward_model, "posttrain.json").is_file():
         return 0
+    from posttrain.models import adapter_base, is_adapter_folder
     from posttrain.stages.reward_model import checkpoint_layers
+    from posttrain.stages.rlhf_roles import same_base
 
+    policy_base = adapter_base(config.model) if is_adapter_folder(config.model) else config.model
+    if not same_base(adapter_base(config.reward_model), policy_base):
+        return 0
     return checkpoint_layers(config.reward_model)
 
 
@@ -192,9 +198,9 @@ def _rlhf(shape: Shape, config: Any, device: str, checkpointing: bool, prompt_to
     # logsumexp temporaries; one more minibatch's, without a graph, while the first one's graph waits (scoring)
     logits = micro * rollout.max_new_tokens * shape.vocab * (weight + 4 + 4 + 4 + 2)
     # sampling: the KV cache of every response, and the policy folded into temporary copies of the base's linear
-    # weights (and, on a CPU in bf16, the output layer prepacked for oneDNN)
+    # weights (and, on a CPU, the output layer prepacked for oneDNN: generation.packed_weight)
     kv_cache = shape.layers * 2 * shape.kv_dim * rollout.batch_size * width * act
-    folded = shape.linear_params * weight + (shape.vocab * shape.hidden * weight if device == "cpu" and weight == 2 else 0)
+    folded = shape.linear_params * weight + (shape.vocab * shape.hidden * weight if device == "cpu" else 0)
     quant = f", {config.quantization}" if config.quantization != "none" else ""
     training = graph + logits
     sampling = kv_cache + folded

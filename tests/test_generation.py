@@ -70,6 +70,18 @@ def test_a_groups_prompt_is_prefilled_once_and_samples_what_whole_rows_would(tin
     assert not torch.equal(shared[0][0], shared[0][1])  # the group's rows drew their own responses
 
 
+def test_only_attention_caches_are_shared_between_rows():
+    """Rows continue from another row's prompt only where the cache holds keys and values (full or sliding-window
+    attention); a model with linear-attention layers (state updated in place) runs whole rows."""
+    from transformers import LlamaConfig, MistralConfig, Qwen3NextConfig
+
+    from posttrain.generation import kv_cache_shareable
+
+    assert kv_cache_shareable(LlamaConfig(num_hidden_layers=2))
+    assert kv_cache_shareable(MistralConfig(num_hidden_layers=2, sliding_window=16))
+    assert not kv_cache_shareable(Qwen3NextConfig(num_hidden_layers=4))
+
+
 def test_rows_are_padded_after_their_stop_token(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 

@@ -197,8 +197,8 @@ def test_plan_for_a_critic_from_a_cut_reward_model_counts_its_own_short_pass(tin
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
 
-    def items(reward_layers: int) -> dict[str, float]:
-        write_metadata(rm, stage="rm", base_model=str(tiny_model_dir), reward_layers=reward_layers)
+    def items(reward_layers: int, base: str = str(tiny_model_dir)) -> dict[str, float]:
+        write_metadata(rm, stage="rm", base_model=base, reward_layers=reward_layers)
         config = load_config(RLHFConfig, None, {"model": str(tiny_model_dir), "reward_model": str(rm),
                                                 "prompts": str(prompts)})
         return estimate("rlhf", config, "cpu", runtime=0, capacity=2**40).items
@@ -213,3 +213,5 @@ def test_plan_for_a_critic_from_a_cut_reward_model_counts_its_own_short_pass(tin
     # policy LoRA on 2 layers, critic LoRA on 1: 3 layers' worth of gradients and AdamW state, against 4
     assert cut["adapter gradients + AdamW"] == pytest.approx(stacked["adapter gradients + AdamW"] * 3 / 4)
     assert cut["adapters (fp32)"] == stacked["adapters (fp32)"]
+    # a reward model on another base makes no critic: the critic starts fresh over every layer, stacked
+    assert items(1, base=str(tmp_path / "another-base")) == stacked

@@ -32,6 +32,7 @@ from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import (
     SharedPrompts,
     cache_of,
+    kv_cache_shareable,
     packed_weight,
     position_ids,
     sample,
@@ -143,8 +144,9 @@ class Roles(nn.Module):
         self.separate_reward = None  # a RewardModel on another base, when it does not
         self._attention = model.get_base_model().config._attn_implementation
         # rows that share a prompt (a group's responses) run it once, see SharedPrompts; off under gradient
-        # checkpointing, whose recomputed layers would write the prompt's KV cache a second time
-        self.share_prompts = True
+        # checkpointing, whose recomputed layers would write the prompt's KV cache a second time, and for caches
+        # with linear-attention or recurrent state
+        self.share_prompts = kv_cache_shareable(model.get_base_model().config)
         self._trainable = (POLICY, CRITIC) if self.critic_adapter else (POLICY,)
         # each adapter parameter with whether it trains, decided once (the role switches of _peft_role re-apply it)
         self._lora_params = [(p, self._trains(n)) for n, p in model.named_parameters()
@@ -427,7 +429,7 @@ class Roles(nn.Module):
         return self.logprobs(self.reference_adapter, hidden, batch.ids, batch.context, temperature)
 
 
-def _same_base(a: str, b: str) -> bool:
+def same_base(a: str, b: str) -> bool:
     try:
         return Path(resolve_model(a)).resolve() == Path(resolve_model(b)).resolve()
     except Exception:  # noqa: BLE001 - unresolvable names compare as given
@@ -467,7 +469,7 @@ def load_roles(config: RLHFConfig, device: torch.device, critic: bool) -> Roles:
     log(f"base weights in {str(dtype).removeprefix('torch.')}; adapters, heads and optimizer in float32")
 
     # 2. reward model and critic: on the shared base when the reward model was trained on it
-    rm_on_base = rm_folder is not None and _same_base(adapter_base(rm_folder), loaded.base_model)
+    rm_on_base = rm_folder is not None and same_base(adapter_base(rm_folder), loaded.base_model)
     from posttrain.stages.reward_model import checkpoint_layers
 
     total_layers = model.get_base_model().config.num_hidden_layers

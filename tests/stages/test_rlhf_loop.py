@@ -115,19 +115,22 @@ def test_accumulated_minibatches_weigh_each_token_as_the_aggregation_says(aggreg
     assert not grads[0][~mask].any()
 
 
-@pytest.mark.parametrize("precision, critic", [("fp32", "separate"), ("bf16", "separate"), ("bf16", "shared")])
+@pytest.mark.parametrize("precision, critic, algo", [("fp32", "separate", "ppo"), ("bf16", "separate", "ppo"),
+                                                     ("bf16", "shared", "ppo"), ("bf16", "separate", "grpo")])
 def test_ratio_is_one_before_the_first_update_with_several_minibatches_and_epochs(
-        tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision, critic):
+        tiny_model_dir, tiny_rm, prompts_file, tmp_path, precision, critic, algo):
     """Old log-probs come from the scoring passes, new ones from the training passes. With 4 minibatches accumulated
     into one optimizer step, every minibatch of the first epoch is scored before any update: there the ratio must
-    be exactly 1, clip fraction and approx-KL exactly 0, at every step (not only the first) and in bf16 too. The
-    second epoch runs after an update, so its ratio moves: the statistic is live."""
+    be exactly 1, clip fraction and approx-KL exactly 0, at every step (not only the first) and in bf16 too; for
+    GRPO (groups of 4 whose prompt runs once, in minibatches of 2) as well. The second epoch runs after an update,
+    so its ratio moves: the statistic is live."""
     from posttrain.stages.rlhf import run_rlhf
 
     records = []
     run_rlhf(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", **{
         "rollout.batch_size": 8, "ppo.minibatch_size": 2, "ppo.grad_accum": 4, "ppo.epochs": 2, "ppo.steps": 2,
-        "ppo.lr": 5e-2, "precision": precision, "ppo.critic": critic}), on_step=lambda roles, record: records.append(record))
+        "ppo.lr": 5e-2, "precision": precision, "ppo.critic": critic, "algo": algo,
+        "rollout.group_size": 4 if algo == "grpo" else 0}), on_step=lambda roles, record: records.append(record))
     for record in records:
         assert record["ratio_before_update"] == pytest.approx(1.0, abs=1e-6)
         assert record["clip_frac_before_update"] == 0.0
@@ -542,11 +545,11 @@ def test_a_groups_prompt_runs_once_with_the_numbers_and_gradients_of_whole_rows(
     def run(share: bool):
         roles.share_prompts = share
         seen.clear()
-        roles.model.zero_grad(set_to_none=True)
+        roles.zero_grad(set_to_none=True)
         logprobs, _, values = roles.forward(batch, temperature=1.0, with_entropy=False)
         loss = logprobs.masked_fill(~batch.mask, 0).sum() + (0 if values is None else values.masked_fill(~batch.mask, 0).sum())
         loss.backward()
-        grads = {n: p.grad.clone() for n, p in roles.model.named_parameters() if p.grad is not None and POLICY in n}
+        grads = {n: p.grad.clone() for n, p in roles.named_parameters() if p.grad is not None}
         return logprobs.detach(), None if values is None else values.detach(), grads, list(seen)
 
     plain, shared = run(False), run(True)
@@ -559,7 +562,9 @@ def test_a_groups_prompt_runs_once_with_the_numbers_and_gradients_of_whole_rows(
     torch.testing.assert_close(shared[0], plain[0], rtol=1e-5, atol=1e-5)
     if critic == "stacked":
         torch.testing.assert_close(shared[1], plain[1], rtol=1e-5, atol=1e-5)
-    assert plain[2].keys() == shared[2].keys() and plain[2]
+    assert plain[2].keys() == shared[2].keys() and any(POLICY in name for name in plain[2])
+    if critic == "stacked":  # the critic's LoRA and the value head are compared too
+        assert any(".critic." in name for name in plain[2]) and any("value_head" in name for name in plain[2])
     for name, grad in plain[2].items():
         torch.testing.assert_close(shared[2][name], grad, rtol=1e-4, atol=1e-6)
 
