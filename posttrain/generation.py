@@ -147,7 +147,8 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
 
     ``temperature`` 0 decodes greedily. Responses shorter than the longest are padded with pad_token_id.
     A plain KV-cache loop over the transformer body: the vocabulary projection runs on each row's last
-    position only, and the loop ends when every row has produced a stop token. ``with_logprobs`` also returns
+    position only, consecutive rows with the same prompt prefill it once (SharedPrompts), and the loop ends
+    when every row has produced a stop token. ``with_logprobs`` also returns
     (batch, response_len) log-probs of the drawn tokens under softmax(logits / temperature) of the weights that
     drew them (0 after a row's stop), which PPO compares with its training forward's. ``uniforms``
     (batch, max_new_tokens) are the numbers each row draws its tokens with (see :func:`next_token`), so a row's
