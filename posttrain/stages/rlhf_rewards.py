@@ -53,7 +53,8 @@ class RewardModelSource:
 
         rows, starts = reward_model_rows(roles.tokenizer, batch.prompts, batch.texts)
         ids, mask = pad_right(rows, roles.tokenizer.pad_token_id, roles.device)
-        (hidden,) = roles.hidden([REWARD], ids, mask, roles.reward_layers)
+        # the columns before the earliest response start are prompt in every row: a group's rows share them
+        (hidden,) = roles.hidden([REWARD], ids, mask, roles.reward_layers, context=min(starts, default=0))
         return roles.reward_head(pool(hidden.float(), mask, roles.reward_pooling, torch.tensor(starts))).squeeze(-1)
 
 

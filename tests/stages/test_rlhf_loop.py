@@ -587,3 +587,28 @@ def test_minibatches_keep_a_groups_responses_together_and_rows_alone_are_shuffle
     single = rollout(12, 1).shuffled()
     torch.manual_seed(3)
     assert single.tolist() == torch.randperm(12).tolist()
+
+
+def test_the_reward_model_scores_a_groups_responses_with_the_prompt_run_once(tiny_model_dir, tiny_rm, prompts_file,
+                                                                            tmp_path):
+    """The RL stage's reward pass runs the columns every row's prompt covers once per group of responses to one
+    prompt, and scores each response as a pass over its whole row does (fp32)."""
+    from posttrain.stages.rlhf_rewards import RewardModelSource, Responses
+    from posttrain.stages.rlhf_roles import load_roles
+
+    roles = load_roles(ppo_config(tiny_model_dir, tiny_rm, prompts_file, tmp_path / "ppo", precision="fp32"),
+                       torch.device("cpu"), critic=False)
+    prompts = [[{"role": "user", "content": q}] for q in ("Name a fruit.", "Say hello, please.") for _ in range(3)]
+    texts = ["An apple.", "A pear, ripe.", "Plums", "Hello!", "Hi there, friend.", "Hey"]
+    batch = Responses(prompts, [{"prompt": p} for p in prompts], texts, [[]] * 6, 1, 1)
+    seen = []
+    hook = roles.model.get_base_model().get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append(len(args[0])))
+    shared = RewardModelSource(roles)(batch)
+    shared_calls, seen[:] = list(seen), []
+    roles.share_prompts = False
+    whole = RewardModelSource(roles)(batch)
+    hook.remove()
+    assert shared_calls == [2, 6] and seen == [6]
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert len(set(whole.tolist())) == 6
