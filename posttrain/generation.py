@@ -139,6 +139,17 @@ def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, contex
                          torch.cat([expand + copy * prompts for copy in range(copies)]), prompts, rows)
 
 
+def prefill_once(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared: SharedPrompts):
+    """The prompt columns of ``shared`` through ``body`` once per distinct prompt: (their last hidden states for
+    every row, the KV cache every row continues from). Gradients, where enabled, sum over each prompt's rows."""
+    firsts, mask = shared.firsts, attention_mask[shared.firsts, :shared.context]
+    out = body(input_ids=input_ids[firsts, :shared.context], attention_mask=mask, position_ids=position_ids(mask),
+               use_cache=True)
+    cache = cache_of(out)
+    cache.reorder_cache(shared.expand)  # every row reads its prompt's keys and values
+    return out.last_hidden_state[shared.expand], cache
+
+
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,
@@ -166,11 +177,8 @@ def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_
     shared = shared_prompts(query, query_mask, query.shape[1]) if kv_cache_shareable(causal_lm.config) else None
     for t in range(max_new_tokens):
         if t == 0 and shared is not None:
-            out = body(input_ids=ids[shared.firsts], attention_mask=mask[shared.firsts],
-                       position_ids=positions[shared.firsts], use_cache=True)
-            cache = cache_of(out)
-            cache.reorder_cache(shared.expand)
-            last = out.last_hidden_state[shared.expand, -1]
+            hidden, cache = prefill_once(body, ids, mask, shared)
+            last = hidden[:, -1]
         else:
             out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(cache))
             cache = cache_of(out)

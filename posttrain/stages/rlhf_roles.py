@@ -31,10 +31,10 @@ from posttrain.attention import attention_for
 from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import (
     SharedPrompts,
-    cache_of,
     kv_cache_shareable,
     packed_weight,
     position_ids,
+    prefill_once,
     sample,
     shared_prompts,
     swapped_weights,
@@ -257,17 +257,13 @@ class Roles(nn.Module):
                 return body(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
             blocks_of = row_blocks or (lambda rows: contextlib.nullcontext())
-            c, firsts = shared.context, shared.firsts
             with blocks_of(shared.prompts):  # each distinct prompt once, its KV cache kept (with its graph)
-                prompt_mask = attention_mask[firsts, :c]
-                prompt = body(input_ids=input_ids[firsts, :c], attention_mask=prompt_mask,
-                              position_ids=position_ids(prompt_mask), use_cache=True)
-            cache = cache_of(prompt)
-            cache.reorder_cache(shared.expand)  # every row reads its prompt's keys and values
+                prompt, cache = prefill_once(body, input_ids, attention_mask, shared)
+            c = shared.context
             with blocks_of(shared.rows):
                 rest = body(input_ids=input_ids[:, c:], attention_mask=attention_mask,
                             position_ids=position_ids(attention_mask)[:, c:], use_cache=True, **with_cache(cache))
-        return torch.cat([prompt.last_hidden_state[shared.expand], rest.last_hidden_state], dim=1)
+        return torch.cat([prompt, rest.last_hidden_state], dim=1)
 
     # -- the role forwards -------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ class Rollout:
 
     def shuffled(self) -> Tensor:
         """A random order of the rows that keeps each group's responses together and in order, so that a pass over
-        a minibatch runs each prompt once (rlhf_roles.SharedPrompts). With groups of 1, torch.randperm."""
+        a minibatch runs each prompt once (generation.SharedPrompts). With groups of 1, torch.randperm."""
         groups = torch.randperm(len(self) // self.group_size)
         return (groups[:, None] * self.group_size + torch.arange(self.group_size)).flatten()
 
