@@ -150,6 +150,40 @@ def prefill_once(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, sh
     return out.last_hidden_state[shared.expand], cache
 
 
+def hidden_sharing_prompts(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared: SharedPrompts,
+                           row_blocks=None) -> torch.Tensor:
+    """The body's last hidden states of whole rows, each run of rows in ``shared`` running its prompt once
+    (prefill_once) and every row's rest continuing from that prompt's KV cache, whose graph it keeps: a row's
+    numbers, and in training its gradients, are those of a pass over the whole row up to the order of sums.
+    ``row_blocks(rows)``: a context for a pass over that many rows per stacked copy (see rlhf_roles.Roles)."""
+    blocks_of = row_blocks or (lambda rows: contextlib.nullcontext())
+    with blocks_of(shared.prompts):
+        prompt, cache = prefill_once(body, input_ids, attention_mask, shared)
+    c = shared.context
+    with blocks_of(shared.rows):
+        rest = body(input_ids=input_ids[:, c:], attention_mask=attention_mask,
+                    position_ids=position_ids(attention_mask)[:, c:], use_cache=True, **with_cache(cache))
+    return torch.cat([prompt, rest.last_hidden_state], dim=1)
+
+
+# a prefix's own pass costs a forward and backward pass's fixed overhead (its Python, dispatch, autograd nodes):
+# on the default model on a CPU the 24-token system prompt of SmolLM2's template, shared by 4 rows (72 tokens
+# saved), about broke even, and an 85-token one shared by 4 rows took 0.76 of the time (bench/sft_prefix.py)
+LEAST_SAVED_TOKENS = 96
+
+
+def common_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SharedPrompts | None:
+    """The leading columns that every row of a right-padded batch has alike, as one run of SharedPrompts: a
+    system prompt every example repeats (SmolLM2's template writes its default one, 24 tokens, before every
+    conversation). None when running them once would save fewer than LEAST_SAVED_TOKENS tokens of the pass
+    ((rows - 1) x columns), or when no row goes on past them."""
+    alike = ((input_ids == input_ids[:1]) & (attention_mask == 1)).all(0)
+    context = int(alike.long().cumprod(0).sum())
+    if (len(input_ids) - 1) * context < LEAST_SAVED_TOKENS or context >= input_ids.shape[1]:
+        return None
+    return shared_prompts(input_ids, attention_mask, context)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, generator_seed: int | None = None,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from posttrain.footprint import LEAN_CHUNK_ELEMENTS, plain_head
+from posttrain.generation import SharedPrompts, common_prefix, hidden_sharing_prompts, kv_cache_shareable, position_ids
 
 # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
 CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
@@ -123,6 +124,21 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
     return logits.float()
 
 
+def _shared_prefix(model, args: tuple, kwargs: dict) -> SharedPrompts | None:
+    """The columns every row of the batch begins with (common_prefix), when the pass can run them once: a plain
+    call (ids and mask, positions from the mask) on a model without gradient checkpointing, whose recomputed
+    layers would write the prefix's KV cache a second time."""
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    plain = ("input_ids", "attention_mask", "position_ids", "use_cache", "return_dict")
+    if args or ids is None or mask is None or any(v is not None for k, v in kwargs.items() if k not in plain):
+        return None  # (peft passes inputs_embeds, output_attentions and output_hidden_states as None)
+    if kwargs.get("position_ids") is not None and not torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask):
+        return None  # packed rows
+    if model.is_activation_checkpointing:
+        return None
+    return common_prefix(ids, mask)
+
+
 LEAN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
@@ -144,6 +160,8 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
     trl_forward = target.forward
     from trl.trainer.utils import FusedCausalLMOutput
 
+    share_prefix = kv_cache_shareable(target.config)
+
     @functools.wraps(type(target).forward)  # generate() checks its keyword arguments against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
         head = self.get_output_embeddings()
@@ -153,7 +171,12 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
         if not lean:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        shared = _shared_prefix(self, args, kwargs) if share_prefix else None
+        if shared is None:
+            hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        else:
+            hidden = hidden_sharing_prompts(self.base_model, kwargs["input_ids"], kwargs["attention_mask"],
+                                            shared)[:, :-1]
         labels = labels[:, 1:].to(hidden.device)
         mask = labels != -100
         fields = CompactLogProbs.apply(hidden[mask], head.weight, head.bias, labels[mask])

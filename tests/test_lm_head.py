@@ -91,6 +91,65 @@ def test_lean_head_answers_trls_fused_call_as_trls_head_does(trl_patched, monkey
         torch.testing.assert_close(model(input_ids=torch.arange(10, 16)[None]).logits, logits)
 
 
+def test_the_lean_head_runs_a_prefix_every_row_shares_once_with_the_same_numbers(trl_patched, monkeypatch):
+    """A chat template's system prompt opens every row: the lean pass runs it once, continues each row from its
+    KV cache, and returns the fields and LoRA gradients of whole rows (fp32)."""
+    import trl.trainer.utils as trl_utils
+
+    model = trl_patched
+    torch.manual_seed(2)
+    ids = torch.cat([torch.randint(10, 1000, (1, 50)).repeat(3, 1), torch.randint(10, 1000, (3, 7))], dim=1)
+    ids[1, 50] = ids[0, 50]  # one more column alike in two rows only: the shared prefix stays 50
+    attention = torch.ones_like(ids)
+    attention[1, -2:] = 0
+    attention[2, -4:] = 0
+    labels = ids.masked_fill(attention == 0, -100)
+    labels[:, :52] = -100
+
+    def call():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.loss).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    trl_out, trl_grads = call()
+    assert use_lean_lm_head(model)
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda *a: pytest.fail("TRL's head ran"))
+    seen = []
+    body = model.get_base_model().base_model
+    hook = body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    out, grads = call()
+    hook.remove()
+    assert seen == [(1, 50), (3, 7)]  # the prefix once, then every row's rest
+    for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
+        torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
+    assert set(grads) == set(trl_grads) and all(g.abs().max() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_lean_head_runs_whole_rows_where_a_shared_prefix_would_not_pay_or_not_be_the_same_pass(trl_patched):
+    model = trl_patched
+    assert use_lean_lm_head(model)
+
+    def rows(prefix):
+        return torch.cat([torch.randint(10, 1000, (1, prefix)).repeat(3, 1), torch.randint(10, 1000, (3, 5))], dim=1)
+
+    seen = []
+    body = model.get_base_model().base_model
+    hook = body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    ids = rows(40)  # 2 x 40 tokens saved: below LEAST_SAVED_TOKENS, the prefix's own pass would cost more
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
+    ids = rows(50)
+    packed = torch.arange(55).repeat(3, 1)
+    packed[:, 52:] = torch.arange(3)  # a second sequence packed into each row
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=packed, labels=ids, fused_lm_head=True)
+    model.get_base_model().gradient_checkpointing_enable()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
+    hook.remove()
+    assert seen == [(3, 45), (3, 55), (3, 55)]
+
+
 def test_lean_head_stays_out_where_it_would_not_answer_the_same(trl_patched):
     assert not use_lean_lm_head(trl_patched, lm_head.LEAN_OUTPUTS + ("log_sum_sq_probs",))  # WPO weighting
     trl_patched.get_base_model().config.final_logit_softcapping = 30.0

@@ -31,14 +31,13 @@ from posttrain.attention import attention_for
 from posttrain.config import LoraSection, RLHFConfig
 from posttrain.generation import (
     SharedPrompts,
+    hidden_sharing_prompts,
     kv_cache_shareable,
     packed_weight,
     position_ids,
-    prefill_once,
     sample,
     shared_prompts,
     swapped_weights,
-    with_cache,
 )
 from posttrain.memory import enable_gradient_checkpointing
 from posttrain.models import (
@@ -256,14 +255,8 @@ class Roles(nn.Module):
             if shared is None:
                 return body(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-            blocks_of = row_blocks or (lambda rows: contextlib.nullcontext())
-            with blocks_of(shared.prompts):  # each distinct prompt once, its KV cache kept (with its graph)
-                prompt, cache = prefill_once(body, input_ids, attention_mask, shared)
-            c = shared.context
-            with blocks_of(shared.rows):
-                rest = body(input_ids=input_ids[:, c:], attention_mask=attention_mask,
-                            position_ids=position_ids(attention_mask)[:, c:], use_cache=True, **with_cache(cache))
-        return torch.cat([prompt, rest.last_hidden_state], dim=1)
+            # each distinct prompt once, its KV cache kept (with its graph)
+            return hidden_sharing_prompts(body, input_ids, attention_mask, shared, row_blocks)
 
     # -- the role forwards -------------------------------------------------------------------------
 
