@@ -112,8 +112,18 @@ class SharedPrompts:
 def kv_cache_shareable(config) -> bool:
     """Whether every layer of the model's KV cache holds keys and values alone (full or sliding-window attention),
     so that a row can continue from another row's prompt; not linear-attention or recurrent state, which is
-    updated in place."""
+    updated in place. Nor rotary embeddings whose frequencies follow the longest position of each call (dynamic
+    NTK, LongRoPE): a prompt's own pass would rotate it as a short sequence."""
     from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and any(isinstance(v, dict) for v in rope.values()):  # per attention kind (Gemma 3)
+        kinds = [v.get("rope_type", v.get("type")) for v in rope.values() if isinstance(v, dict)]
+    else:
+        kinds = [rope.get("rope_type", rope.get("type"))] if isinstance(rope, dict) else []
+    if any(kind in ("dynamic", "longrope") for kind in kinds):
+        return False
 
     try:
         layers = DynamicCache(config=config).layers
@@ -176,10 +186,11 @@ def common_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Shar
     """The leading columns that every row of a right-padded batch has alike, as one run of SharedPrompts: a
     system prompt every example repeats (SmolLM2's template writes its default one, 24 tokens, before every
     conversation). None when running them once would save fewer than LEAST_SAVED_TOKENS tokens of the pass
-    ((rows - 1) x columns), or when no row goes on past them."""
+    ((rows - 1) x columns), for fewer than 8 columns (a chat template's opening alone), or when no row goes on
+    past them."""
     alike = ((input_ids == input_ids[:1]) & (attention_mask == 1)).all(0)
     context = int(alike.long().cumprod(0).sum())
-    if (len(input_ids) - 1) * context < LEAST_SAVED_TOKENS or context >= input_ids.shape[1]:
+    if context < 8 or (len(input_ids) - 1) * context < LEAST_SAVED_TOKENS or context >= input_ids.shape[1]:
         return None
     return shared_prompts(input_ids, attention_mask, context)
 

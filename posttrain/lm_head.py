@@ -127,16 +127,31 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
 def _shared_prefix(model, args: tuple, kwargs: dict) -> SharedPrompts | None:
     """The columns every row of the batch begins with (common_prefix), when the pass can run them once: a plain
     call (ids and mask, positions from the mask) on a model without gradient checkpointing, whose recomputed
-    layers would write the prefix's KV cache a second time."""
+    layers would write the prefix's KV cache a second time, and without active dropout, which would draw one
+    mask for the prefix of every row where whole rows draw one each."""
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     plain = ("input_ids", "attention_mask", "position_ids", "use_cache", "return_dict")
     if args or ids is None or mask is None or any(v is not None for k, v in kwargs.items() if k not in plain):
         return None  # (peft passes inputs_embeds, output_attentions and output_hidden_states as None)
     if kwargs.get("position_ids") is not None and not torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask):
         return None  # packed rows
-    if model.is_activation_checkpointing:
+    if _checkpointing(model) or (model.training and _dropout_active(model)):
         return None
     return common_prefix(ids, mask)
+
+
+def _checkpointing(model) -> bool:
+    flag = getattr(type(model), "is_activation_checkpointing", None)  # (transformers before 5.x's rename: scan)
+    if flag is not None:
+        return model.is_activation_checkpointing
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def _dropout_active(model) -> bool:
+    config = model.config.get_text_config()
+    if getattr(config, "attention_dropout", 0.0) or 0.0:
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules())
 
 
 LEAN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")

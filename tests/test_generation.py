@@ -72,7 +72,8 @@ def test_a_groups_prompt_is_prefilled_once_and_samples_what_whole_rows_would(tin
 
 def test_only_attention_caches_are_shared_between_rows():
     """Rows continue from another row's prompt only where the cache holds keys and values (full or sliding-window
-    attention); a model with linear-attention layers (state updated in place) runs whole rows."""
+    attention) and positions rotate alike in every pass; a model with linear-attention layers (state updated in
+    place) or dynamic rotary scaling runs whole rows."""
     from transformers import LlamaConfig, MistralConfig, Qwen3NextConfig
 
     from posttrain.generation import kv_cache_shareable
@@ -80,6 +81,9 @@ def test_only_attention_caches_are_shared_between_rows():
     assert kv_cache_shareable(LlamaConfig(num_hidden_layers=2))
     assert kv_cache_shareable(MistralConfig(num_hidden_layers=2, sliding_window=16))
     assert not kv_cache_shareable(Qwen3NextConfig(num_hidden_layers=4))
+    # frequencies that follow each call's longest position would rotate a prompt's own pass as a short sequence
+    assert kv_cache_shareable(LlamaConfig(num_hidden_layers=2, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    assert not kv_cache_shareable(LlamaConfig(num_hidden_layers=2, rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
 
 
 def test_rows_are_padded_after_their_stop_token(tiny_model_dir, tokenizer):

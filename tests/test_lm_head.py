@@ -103,12 +103,11 @@ def test_the_lean_head_runs_a_prefix_every_row_shares_once_with_the_same_numbers
     attention = torch.ones_like(ids)
     attention[1, -2:] = 0
     attention[2, -4:] = 0
-    labels = ids.masked_fill(attention == 0, -100)
-    labels[:, :52] = -100
+    labels = ids.masked_fill(attention == 0, -100)  # the prefix's own columns are scored too (a system prompt)
 
-    def call():
+    def call(**positions):
         model.zero_grad()
-        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True, **positions)
         (out.log_probs.sum() + out.loss).backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -118,17 +117,20 @@ def test_the_lean_head_runs_a_prefix_every_row_shares_once_with_the_same_numbers
     seen = []
     body = model.get_base_model().base_model
     hook = body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
-    out, grads = call()
+    # without positions, and with the positions TRL's SFT collator can pass (return_position_ids)
+    for out, grads in (call(), call(position_ids=torch.arange(ids.shape[1]).repeat(3, 1) * attention)):
+        for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
+            torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
+        assert set(grads) == set(trl_grads) and all(g.abs().max() > 0 for g in grads.values())
+        for name in grads:
+            torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     hook.remove()
-    assert seen == [(1, 50), (3, 7)]  # the prefix once, then every row's rest
-    for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
-        torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
-    assert set(grads) == set(trl_grads) and all(g.abs().max() > 0 for g in grads.values())
-    for name in grads:
-        torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert seen == [(1, 50), (3, 7)] * 2  # the prefix once, then every row's rest
 
 
 def test_the_lean_head_runs_whole_rows_where_a_shared_prefix_would_not_pay_or_not_be_the_same_pass(trl_patched):
+    from posttrain.stages.common import train_lora_dropout
+
     model = trl_patched
     assert use_lean_lm_head(model)
 
@@ -144,10 +146,15 @@ def test_the_lean_head_runs_whole_rows_where_a_shared_prefix_would_not_pay_or_no
     packed = torch.arange(55).repeat(3, 1)
     packed[:, 52:] = torch.arange(3)  # a second sequence packed into each row
     model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=packed, labels=ids, fused_lm_head=True)
+    train_lora_dropout(model, "default", 0.1)
+    model.train()  # one dropout mask for the prefix of every row would not be whole rows' draws
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
+    train_lora_dropout(model, "default", 0.0)
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)  # shares again
     model.get_base_model().gradient_checkpointing_enable()
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
     hook.remove()
-    assert seen == [(3, 45), (3, 55), (3, 55)]
+    assert seen == [(3, 45), (3, 55), (3, 55), (1, 50), (3, 5), (3, 55)]
 
 
 def test_lean_head_stays_out_where_it_would_not_answer_the_same(trl_patched):
