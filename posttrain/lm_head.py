@@ -137,6 +137,8 @@ def _shared_prefix(model, args: tuple, kwargs: dict) -> SharedPrompts | None:
         return None  # packed rows
     if _checkpointing(model) or (model.training and _dropout_active(model)):
         return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        return None  # each process would decide by its own batch, and FSDP's gathers must run alike on all of them
     return common_prefix(ids, mask)
 
 
