@@ -135,18 +135,18 @@ def _shared_prefix(model, args: tuple, kwargs: dict) -> SharedPrompts | None:
         return None  # (peft passes inputs_embeds, output_attentions and output_hidden_states as None)
     if kwargs.get("position_ids") is not None and not torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask):
         return None  # packed rows
-    if _checkpointing(model) or (model.training and _dropout_active(model)):
-        return None
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         return None  # each process would decide by its own batch, and FSDP's gathers must run alike on all of them
-    return common_prefix(ids, mask)
+    shared = common_prefix(ids, mask)  # first: the module scans below run only for a batch that would share
+    if shared is None or _checkpointing(model) or (model.training and _dropout_active(model)):
+        return None
+    return shared
 
 
 def _checkpointing(model) -> bool:
-    flag = getattr(type(model), "is_activation_checkpointing", None)  # (transformers before 5.x's rename: scan)
-    if flag is not None:
+    if hasattr(type(model), "is_activation_checkpointing"):
         return model.is_activation_checkpointing
-    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # (before 5.x's rename)
 
 
 def _dropout_active(model) -> bool:
