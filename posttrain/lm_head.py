@@ -27,6 +27,7 @@ from torch import Tensor
 
 from posttrain.footprint import LEAN_CHUNK_ELEMENTS, plain_head
 from posttrain.generation import SharedPrompts, common_prefix, hidden_sharing_prompts, kv_cache_shareable, position_ids
+from posttrain.prefix_tree import MOST_CELLS, PrefixTree, hidden_through_tree, prefix_tree, tree_pays, tree_shareable
 
 # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
 CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
@@ -124,20 +125,38 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
     return logits.float()
 
 
-def _shared_prefix(model, args: tuple, kwargs: dict) -> SharedPrompts | None:
-    """The columns every row of the batch begins with (common_prefix), when the pass can run them once: a plain
-    call (ids and mask, positions from the mask) on a model without gradient checkpointing, whose recomputed
-    layers would write the prefix's KV cache a second time, and without active dropout, which would draw one
-    mask for the prefix of every row where whole rows draw one each."""
+def _plain_rows(args: tuple, kwargs: dict) -> bool:
+    """A plain call (ids and mask, positions from the mask): rows the pass may rearrange."""
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     plain = ("input_ids", "attention_mask", "position_ids", "use_cache", "return_dict")
-    if args or ids is None or mask is None or any(v is not None for k, v in kwargs.items() if k not in plain):
-        return None  # (peft passes inputs_embeds, output_attentions and output_hidden_states as None)
-    if kwargs.get("position_ids") is not None and not torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask):
-        return None  # packed rows
+    if args or ids is None or mask is None or mask.dim() != 2 or any(v is not None for k, v in kwargs.items()
+                                                                      if k not in plain):
+        return False  # (peft passes inputs_embeds, output_attentions and output_hidden_states as None)
+    # packed rows (positions that restart inside a row) are not rows of their own
+    return kwargs.get("position_ids") is None or torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask)
+
+
+def _tree(model, kwargs: dict) -> PrefixTree | None:
+    """The batch as a prefix tree (posttrain.prefix_tree), when its one packed pass is cheaper than whole rows
+    and gives the same numbers: no active dropout, which would draw one mask for a shared token of every row
+    where whole rows draw one each. One pass however the rows are shared, so gradient checkpointing and several
+    processes (each its own tree) run it alike."""
+    ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+    if ids.numel() > MOST_CELLS or not tree_shareable(model.config, ids.shape[1]):
+        return None
+    tree = prefix_tree(ids, mask)
+    if tree is None or not tree_pays(tree, ids.shape[1], ids.shape[0], model.config):
+        return None
+    return None if model.training and _dropout_active(model) else tree
+
+
+def _shared_prefix(model, kwargs: dict) -> SharedPrompts | None:
+    """The columns every row of the batch begins with (common_prefix), when the pass can run them once: a model
+    without gradient checkpointing, whose recomputed layers would write the prefix's KV cache a second time, and
+    without active dropout, which would draw one mask for the prefix of every row where whole rows draw one each."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         return None  # each process would decide by its own batch, and FSDP's gathers must run alike on all of them
-    shared = common_prefix(ids, mask)  # first: the module scans below run only for a batch that would share
+    shared = common_prefix(kwargs["input_ids"], kwargs["attention_mask"])  # first: the scans below cost a step
     if shared is None or _checkpointing(model) or (model.training and _dropout_active(model)):
         return None
     return shared
@@ -188,12 +207,16 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
         if not lean:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         kwargs["use_cache"] = False
-        shared = _shared_prefix(self, args, kwargs) if share_prefix else None
-        if shared is None:
-            hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        else:
+        plain = share_prefix and _plain_rows(args, kwargs)
+        tree = _tree(self, kwargs) if plain else None
+        shared = _shared_prefix(self, kwargs) if plain and tree is None else None
+        if tree is not None:
+            hidden = hidden_through_tree(self.base_model, tree)[:, :-1]
+        elif shared is not None:
             hidden = hidden_sharing_prompts(self.base_model, kwargs["input_ids"], kwargs["attention_mask"],
                                             shared)[:, :-1]
+        else:
+            hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         labels = labels[:, 1:].to(hidden.device)
         mask = labels != -100
         fields = CompactLogProbs.apply(hidden[mask], head.weight, head.bias, labels[mask])

@@ -91,44 +91,82 @@ def test_lean_head_answers_trls_fused_call_as_trls_head_does(trl_patched, monkey
         torch.testing.assert_close(model(input_ids=torch.arange(10, 16)[None]).logits, logits)
 
 
-def test_the_lean_head_runs_a_prefix_every_row_shares_once_with_the_same_numbers(trl_patched, monkeypatch):
-    """A chat template's system prompt opens every row: the lean pass runs it once, continues each row from its
-    KV cache, and returns the fields and LoRA gradients of whole rows (fp32)."""
+def _fields_and_grads(model, ids, attention, labels, **extra):
+    model.zero_grad()
+    out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True, **extra)
+    (out.log_probs.sum() + out.loss).backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(got, want):
+    (out, grads), (trl_out, trl_grads) = got, want
+    for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
+        torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
+    assert set(grads) == set(trl_grads) and all(g.abs().max() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _body_inputs(model) -> tuple[list, object]:
+    seen = []
+    body = model.get_base_model().base_model
+    return seen, body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_lean_head_runs_each_token_rows_share_once_with_the_same_numbers(trl_patched, monkeypatch, attention):
+    """A chat template's system prompt opens every row, and DPO's chosen and rejected rows share their prompt: the
+    lean pass packs the batch's prefix tree into one row, each shared token once, and returns the fields and LoRA
+    gradients of whole rows (fp32), with or without positions, and under gradient checkpointing."""
     import trl.trainer.utils as trl_utils
 
     model = trl_patched
+    model.get_base_model().set_attn_implementation(attention)
+    assert model.get_base_model().base_model.config._attn_implementation == attention
     torch.manual_seed(2)
-    ids = torch.cat([torch.randint(10, 1000, (1, 50)).repeat(3, 1), torch.randint(10, 1000, (3, 7))], dim=1)
-    ids[1, 50] = ids[0, 50]  # one more column alike in two rows only: the shared prefix stays 50
+    system = torch.randint(10, 1000, (1, 30)).repeat(4, 1)
+    prompts = torch.randint(10, 1000, (2, 10)).repeat_interleave(2, 0)  # rows 0-1 and 2-3 share a prompt (DPO)
+    ids = torch.cat([system, prompts, torch.randint(10, 1000, (4, 7))], dim=1)
+    ids[1, 40] = ids[0, 40]  # and one more token of the answer
     attention = torch.ones_like(ids)
     attention[1, -2:] = 0
     attention[2, -4:] = 0
-    labels = ids.masked_fill(attention == 0, -100)  # the prefix's own columns are scored too (a system prompt)
+    labels = ids.masked_fill(attention == 0, -100)  # the system prompt's own columns are scored too
 
-    def call(**positions):
-        model.zero_grad()
-        out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True, **positions)
-        (out.log_probs.sum() + out.loss).backward()
-        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    trl_out, trl_grads = call()
+    want = _fields_and_grads(model, ids, attention, labels)
     assert use_lean_lm_head(model)
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda *a: pytest.fail("TRL's head ran"))
-    seen = []
-    body = model.get_base_model().base_model
-    hook = body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
-    # without positions, and with the positions TRL's SFT collator can pass (return_position_ids)
-    for out, grads in (call(), call(position_ids=torch.arange(ids.shape[1]).repeat(3, 1) * attention)):
-        for field in ("loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"):
-            torch.testing.assert_close(getattr(out, field), getattr(trl_out, field), rtol=1e-5, atol=1e-5, msg=field)
-        assert set(grads) == set(trl_grads) and all(g.abs().max() > 0 for g in grads.values())
-        for name in grads:
-            torch.testing.assert_close(grads[name], trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    seen, hook = _body_inputs(model)
+    _assert_same(_fields_and_grads(model, ids, attention, labels), want)
+    # with the positions TRL's SFT collator can pass (return_position_ids)
+    _assert_same(_fields_and_grads(model, ids, attention, labels,
+                                   position_ids=torch.arange(ids.shape[1]).repeat(4, 1) * attention), want)
+    model.get_base_model().gradient_checkpointing_enable()
+    model.train()
+    _assert_same(_fields_and_grads(model, ids, attention, labels), want)
     hook.remove()
-    assert seen == [(1, 50), (3, 7)] * 2  # the prefix once, then every row's rest
+    # 30 system tokens, 2 prompts of 10, then the answers: 7, 1 + 4 (one shared token, 2 padded), 3, 7
+    assert seen == [(1, 30 + 20 + 7 + 4 + 3 + 7)] * 3
 
 
-def test_the_lean_head_runs_whole_rows_where_a_shared_prefix_would_not_pay_or_not_be_the_same_pass(trl_patched):
+def test_the_lean_head_runs_a_shared_prefix_once_where_the_packed_tree_would_not_pay(trl_patched):
+    """Long rows: the packed row's dense attention would cost more than the rows' shared prefix saves, so the
+    prefix runs once and every row continues from its KV cache, with the numbers of whole rows (fp32)."""
+    model = trl_patched
+    torch.manual_seed(3)
+    ids = torch.cat([torch.randint(10, 1000, (1, 60)).repeat(3, 1), torch.randint(10, 1000, (3, 200))], dim=1)
+    attention = torch.ones_like(ids)
+    attention[2, -5:] = 0
+    labels = ids.masked_fill(attention == 0, -100)
+    want = _fields_and_grads(model, ids, attention, labels)
+    assert use_lean_lm_head(model)
+    seen, hook = _body_inputs(model)
+    _assert_same(_fields_and_grads(model, ids, attention, labels), want)
+    hook.remove()
+    assert seen == [(1, 60), (3, 200)]
+
+
+def test_the_lean_head_runs_whole_rows_where_sharing_would_not_pay_or_not_be_the_same_pass(trl_patched):
     from posttrain.stages.common import train_lora_dropout
 
     model = trl_patched
@@ -137,24 +175,23 @@ def test_the_lean_head_runs_whole_rows_where_a_shared_prefix_would_not_pay_or_no
     def rows(prefix):
         return torch.cat([torch.randint(10, 1000, (1, prefix)).repeat(3, 1), torch.randint(10, 1000, (3, 5))], dim=1)
 
-    seen = []
-    body = model.get_base_model().base_model
-    hook = body.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
-    ids = rows(40)  # 2 x 40 tokens saved: below LEAST_SAVED_TOKENS, the prefix's own pass would cost more
+    seen, hook = _body_inputs(model)
+    ids = rows(1)  # nothing shared but the first token: the tree saves 2 of 18 tokens
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
     ids = rows(50)
     packed = torch.arange(55).repeat(3, 1)
     packed[:, 52:] = torch.arange(3)  # a second sequence packed into each row
     model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=packed, labels=ids, fused_lm_head=True)
+    holey = torch.ones_like(ids)
+    holey[0, 20] = 0  # a row whose tokens are not one run
+    model(input_ids=ids, attention_mask=holey, labels=ids, fused_lm_head=True)
     train_lora_dropout(model, "default", 0.1)
-    model.train()  # one dropout mask for the prefix of every row would not be whole rows' draws
+    model.train()  # one dropout mask for a shared token of every row would not be whole rows' draws
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
     train_lora_dropout(model, "default", 0.0)
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)  # shares again
-    model.get_base_model().gradient_checkpointing_enable()
-    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True)
     hook.remove()
-    assert seen == [(3, 45), (3, 55), (3, 55), (1, 50), (3, 5), (3, 55)]
+    assert seen == [(3, 6), (3, 55), (3, 55), (3, 55), (1, 65)]
 
 
 def test_lean_head_stays_out_where_it_would_not_answer_the_same(trl_patched):

@@ -1,0 +1,117 @@
+"""A batch as a prefix tree: each token that rows share, in the same place after the same tokens, runs once.
+
+Rows of a training batch repeat one another's beginnings: a chat template writes its system prompt before every
+conversation (SmolLM2's default, 24 tokens), and DPO's chosen and rejected rows share their whole prompt. The batch
+is packed into one row of its distinct prefix-tree nodes (each row's token is the node reached from its
+predecessor's node by that token), at positions equal to their depth, and attends through a mask that lets each
+node see its ancestors only. Each row's hidden states are then gathered back from its nodes. That is the pass over
+whole rows up to the order of sums (no padding, and every repeated beginning run once), in one call of the body,
+with its gradients, under gradient checkpointing or several processes alike.
+
+The packed row attends densely (nodes x nodes), so it pays only while the batch is short: `tree_pays` weighs the
+saved tokens' products against the extra attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LEAST_SAVED_SHARE = 0.1  # the tree runs only when its estimated cost is at most 90% of the whole rows'
+MOST_CELLS = 8192  # batches of more (rows x columns) cells are not examined: too long for a dense mask anyway
+
+
+@dataclass
+class PrefixTree:
+    """ids, positions: (1, nodes) long; allowed: (nodes, nodes) bool, node i sees node j (an ancestor or itself);
+    node_of: (rows, columns) long, the node of each row's token (0 at padding)."""
+
+    ids: Tensor
+    positions: Tensor
+    allowed: Tensor
+    node_of: Tensor
+
+    @property
+    def nodes(self) -> int:
+        return self.ids.shape[1]
+
+
+def prefix_tree(input_ids: Tensor, attention_mask: Tensor) -> PrefixTree | None:
+    """The batch's prefix tree, or None when a row's tokens are not one run (the mask has a hole)."""
+    rows, columns = input_ids.shape
+    lengths = attention_mask.sum(1)
+    starts = attention_mask.long().argmax(1)
+    ends = starts + lengths
+    span = torch.arange(columns, device=attention_mask.device)[None, :]
+    if not torch.equal(attention_mask.bool(), (span >= starts[:, None]) & (span < ends[:, None])):
+        return None
+    ids, first, count = input_ids.tolist(), starts.tolist(), lengths.tolist()
+    children: dict[tuple[int, int], int] = {}
+    tokens, parents, depths = [], [], []
+    node_of = [[0] * columns for _ in range(rows)]
+    for r in range(rows):
+        parent = -1
+        for depth in range(count[r]):
+            column = first[r] + depth
+            key = (parent, ids[r][column])
+            node = children.get(key)
+            if node is None:
+                node = children[key] = len(tokens)
+                tokens.append(key[1])
+                parents.append(parent)
+                depths.append(depth)
+            node_of[r][column] = node
+            parent = node
+    device = input_ids.device
+    nodes = len(tokens)
+    parent_of = torch.tensor(parents, device=device)
+    depth_of = torch.tensor(depths, device=device)
+    allowed = torch.zeros(nodes, nodes, dtype=torch.bool, device=device)
+    for depth in range(int(depth_of.max()) + 1 if nodes else 0):  # each level copies its parents' rows
+        level = (depth_of == depth).nonzero().squeeze(1)
+        if depth:
+            allowed[level] = allowed[parent_of[level]]
+        allowed[level, level] = True
+    return PrefixTree(torch.tensor([tokens], device=device), depth_of[None, :], allowed,
+                      torch.tensor(node_of, device=device))
+
+
+def tree_pays(tree: PrefixTree, columns: int, rows: int, config) -> bool:
+    """Whether the packed pass costs at most (1 - LEAST_SAVED_SHARE) of the whole rows' pass: per token, the
+    layers' products (about 2 x 12 x hidden^2 a layer, whatever the exact widths) against attention over every
+    token it sees (2 x 2 x hidden per key: scores and values); the packed row's keys are all its nodes (the dense
+    mask computes every score), a whole row's its own columns."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = text.hidden_size
+    per_token, per_key = 24 * hidden * hidden, 4 * hidden
+    whole = rows * columns * (per_token + per_key * columns)
+    packed = tree.nodes * (per_token + per_key * tree.nodes)
+    return packed <= (1 - LEAST_SAVED_SHARE) * whole
+
+
+def tree_attention_mask(tree: PrefixTree, attention: str) -> Tensor:
+    """The packed row's 4D mask (1, 1, nodes, nodes) for the attention kernel (transformers passes a 4D mask to
+    it as it is): boolean for sdpa, additive (fp32) for eager."""
+    if attention == "sdpa":
+        return tree.allowed[None, None]
+    blocked = torch.zeros(tree.allowed.shape, device=tree.allowed.device)
+    return blocked.masked_fill_(~tree.allowed, torch.finfo(torch.float32).min)[None, None]
+
+
+def tree_shareable(config, longest: int) -> bool:
+    """Whether every layer attends with a mask transformers hands to the kernel unchanged: sdpa or eager attention,
+    and no sliding window shorter than the longest row (one mask serves every layer)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(text, "sliding_window", None)
+    return not window or longest <= window
+
+
+def hidden_through_tree(body, tree: PrefixTree) -> Tensor:
+    """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree."""
+    mask = tree_attention_mask(tree, body.config._attn_implementation)
+    out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
+    return out.last_hidden_state[0][tree.node_of]
