@@ -14,13 +14,15 @@ saved tokens' products against the extra attention.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 LEAST_SAVED_SHARE = 0.1  # the tree runs only when its estimated cost is at most 90% of the whole rows'
-MOST_CELLS = 8192  # batches of more (rows x columns) cells are not examined: too long for a dense mask anyway
+MOST_CELLS = 8192
+PLAIN_PRODUCTS_NODES = 512  # trees up to this many nodes run attention as plain products on a CPU (_plain_products)  # batches of more (rows x columns) cells are not examined: too long for a dense mask anyway
 
 
 @dataclass
@@ -113,5 +115,18 @@ def tree_shareable(config, longest: int) -> bool:
 def hidden_through_tree(body, tree: PrefixTree) -> Tensor:
     """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree."""
     mask = tree_attention_mask(tree, body.config._attn_implementation)
-    out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
+    with _plain_products(tree):
+        out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
     return out.last_hidden_state[0][tree.node_of]
+
+
+def _plain_products(tree: PrefixTree):
+    """On a CPU, sdpa as plain products (softmax(QK^T + mask) V): for a masked row of a few hundred tokens its
+    flash kernel's backward took 5.4 ms a layer where the products take 1.4 (bf16, one thread; the whole step
+    1.04 s against 1.28 for whole rows with the flash kernel, 2026-12-07). They keep (heads, nodes, nodes) scores
+    a layer, so only short trees use them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if tree.ids.device.type != "cpu" or tree.nodes > PLAIN_PRODUCTS_NODES:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
