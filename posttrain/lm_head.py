@@ -211,7 +211,7 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
         tree = _tree(self, kwargs) if plain else None
         shared = _shared_prefix(self, kwargs) if plain and tree is None else None
         if tree is not None:
-            hidden = hidden_through_tree(self.base_model, tree)[:, :-1]
+            hidden = hidden_through_tree(self.base_model, tree, recomputed=_checkpointing(self))[:, :-1]
         elif shared is not None:
             hidden = hidden_sharing_prompts(self.base_model, kwargs["input_ids"], kwargs["attention_mask"],
                                             shared)[:, :-1]

@@ -112,10 +112,12 @@ def tree_shareable(config, longest: int) -> bool:
     return not window or longest <= window
 
 
-def hidden_through_tree(body, tree: PrefixTree) -> Tensor:
-    """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree."""
+def hidden_through_tree(body, tree: PrefixTree, recomputed: bool = False) -> Tensor:
+    """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree.
+    ``recomputed``: gradient checkpointing is on (its backward reruns layers outside this call, which must pick
+    the attention kernel this call picked: sdpa's own choice)."""
     mask = tree_attention_mask(tree, body.config._attn_implementation)
-    with _plain_products(tree):
+    with contextlib.nullcontext() if recomputed else _plain_products(tree):
         out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
     return out.last_hidden_state[0][tree.node_of]
 
