@@ -1,16 +1,17 @@
-"""Benchmark: the lean training pass with the batch's common prefix run once, against whole rows.
+"""Benchmark: the lean training pass with what rows share run once, against whole rows.
 
     python bench/sft_prefix.py                   # SFT and DPO on data_samples/, 20 steps a run, 2 rounds
-    python bench/sft_prefix.py --stages sft --steps 30 --rounds 3
+    python bench/sft_prefix.py --stages sft --steps 30 --rounds 3 --modes tree prefix whole
 
 Every row of a chat batch begins with the same tokens where the data repeats a system prompt (and SmolLM2's
-template writes its default one, 24 tokens, before every conversation). The lean pass of SFT and DPO on a CPU
-(posttrain.lm_head) runs those columns once and continues every row from their KV cache when that saves at
-least generation.LEAST_SAVED_TOKENS tokens. For each stage and data set (the sample data as it is, and the same
-rows behind an 85-token system prompt) this runs the real stage for --steps optimizer steps with sharing on and
-off (generation.LEAST_SAVED_TOKENS set past any batch), interleaved, each run its own process on one thread, and
-reports the training seconds and the final loss of each (the loss differs only by rounding). Writes
-bench/results/sft_prefix.json.
+template writes its default one, 24 tokens, before every conversation), and DPO's chosen and rejected rows share
+their prompt. The lean pass of SFT and DPO on a CPU (posttrain.lm_head) packs the batch's prefix tree into one
+row when that pays (posttrain.prefix_tree, mode "tree", the default), else runs the columns every row shares once
+and continues every row from their KV cache when that saves at least generation.LEAST_SAVED_TOKENS tokens (mode
+"prefix": the tree switched off), else whole rows (mode "whole": both off). For each stage and data set (the
+sample data as it is, and the same rows behind an 85-token system prompt) this runs the real stage for --steps
+optimizer steps in each mode, interleaved, each run its own process on one thread, and reports the training
+seconds and the final loss of each (the loss differs only by rounding). Writes bench/results/sft_prefix[-TAG].json.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def worker(args) -> None:
     from posttrain import generation
     from posttrain.config import DPOConfig, SFTConfig, load_config
 
-    if not args.share:
+    from posttrain import prefix_tree
+
+    if args.mode != "tree":
+        prefix_tree.LEAST_SAVED_SHARE = 2.0  # tree_pays reads it at each call: never
+    if args.mode == "whole":
         generation.LEAST_SAVED_TOKENS = 10**9  # common_prefix reads it at each call
     stage = __import__(f"posttrain.stages.{args.worker}", fromlist=["run_trainer"])
     run_trainer = stage.run_trainer
@@ -86,7 +91,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--data", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--share", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="tree", help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", default=["tree", "whole"], choices=["tree", "prefix", "whole"])
+    parser.add_argument("--tag", default="", help="names the results file")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -98,25 +105,27 @@ def main() -> None:
     runs: dict = {}
     for round_ in range(args.rounds):
         for stage, label, data in cases:
-            for share in (1, 0):
-                out = subprocess.run([sys.executable, __file__, "--worker", stage, "--data", str(data), "--share", str(share),
+            for mode in args.modes:
+                out = subprocess.run([sys.executable, __file__, "--worker", stage, "--data", str(data), "--mode", mode,
                                       "--steps", str(args.steps)], capture_output=True, text=True,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
                 line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
-                    sys.exit(f"{stage} {label} share={share} failed:\n{out.stderr[-3000:]}")
+                    sys.exit(f"{stage} {label} mode={mode} failed:\n{out.stderr[-3000:]}")
                 result = json.loads(line[7:])
-                runs.setdefault(f"{stage} | {label} | {'shared' if share else 'whole rows'}", []).append(result)
-                print(stage, label, "shared" if share else "whole rows", f"{result['seconds']:.1f} s", f"loss {result['loss']:.4f}")
+                runs.setdefault(f"{stage} | {label} | {mode}", []).append(result)
+                print(stage, label, mode, f"{result['seconds']:.1f} s", f"loss {result['loss']:.4f}")
     summary = {}
     for stage, label, _ in cases:
-        shared = statistics.median(r["seconds"] for r in runs[f"{stage} | {label} | shared"])
-        whole = statistics.median(r["seconds"] for r in runs[f"{stage} | {label} | whole rows"])
-        summary[f"{stage} | {label}"] = {"shared_s": shared, "whole_rows_s": whole, "ratio": shared / whole}
-        print(f"{stage:4} {label:24} shared {shared:6.1f} s  whole rows {whole:6.1f} s  ratio {shared / whole:.2f}")
+        seconds = {mode: statistics.median(r["seconds"] for r in runs[f"{stage} | {label} | {mode}"]) for mode in args.modes}
+        row = {f"{mode}_s": s for mode, s in seconds.items()}
+        if "whole" in seconds:
+            row.update({f"{mode}_ratio": s / seconds["whole"] for mode, s in seconds.items() if mode != "whole"})
+        summary[f"{stage} | {label}"] = row
+        print(f"{stage:4} {label:24} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results/sft_prefix.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rounds": args.rounds, "threads": 1,
+    (HERE / f"results/sft_prefix{'-' + args.tag if args.tag else ''}.json").write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rounds": args.rounds, "threads": 1, "modes": args.modes,
          "least_saved_tokens": least_saved_tokens(), "summary": summary, "runs": runs}, indent=1))
 
 
