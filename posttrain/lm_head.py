@@ -136,16 +136,16 @@ def _plain_rows(args: tuple, kwargs: dict) -> bool:
     return kwargs.get("position_ids") is None or torch.equal(kwargs["position_ids"] * mask, position_ids(mask) * mask)
 
 
-def _tree(model, kwargs: dict) -> PrefixTree | None:
-    """The batch as a prefix tree (posttrain.prefix_tree), when its one packed pass is cheaper than whole rows
-    and gives the same numbers: no active dropout, which would draw one mask for a shared token of every row
-    where whole rows draw one each. One pass however the rows are shared, so gradient checkpointing and several
-    processes (each its own tree) run it alike."""
+def _tree(model, kwargs: dict, shared: SharedPrompts | None) -> PrefixTree | None:
+    """The batch as a prefix tree (posttrain.prefix_tree), when its one packed pass is cheaper than whole rows, or
+    than the shared prefix's pass and the rows' rest (``shared``), and gives the same numbers: no active dropout,
+    which would draw one mask for a shared token of every row where whole rows draw one each. One pass however
+    the rows are shared, so gradient checkpointing and several processes (each its own tree) run it alike."""
     ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
     if ids.numel() > MOST_CELLS or not tree_shareable(model.config, ids.shape[1]):
         return None
     tree = prefix_tree(ids, mask)
-    if tree is None or not tree_pays(tree, ids.shape[1], ids.shape[0], model.config):
+    if tree is None or not tree_pays(tree, *ids.shape, model.config, shared.context if shared is not None else 0):
         return None
     return None if model.training and _dropout_active(model) else tree
 
@@ -208,8 +208,8 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         kwargs["use_cache"] = False
         plain = share_prefix and _plain_rows(args, kwargs)
-        tree = _tree(self, kwargs) if plain else None
-        shared = _shared_prefix(self, kwargs) if plain and tree is None else None
+        shared = _shared_prefix(self, kwargs) if plain else None
+        tree = _tree(self, kwargs, shared) if plain else None
         if tree is not None:
             hidden = hidden_through_tree(self.base_model, tree, recomputed=_checkpointing(self))[:, :-1]
         elif shared is not None:
