@@ -27,7 +27,7 @@ from torch import Tensor
 
 from posttrain.footprint import LEAN_CHUNK_ELEMENTS, plain_head
 from posttrain.generation import SharedPrompts, common_prefix, hidden_sharing_prompts, kv_cache_shareable, position_ids
-from posttrain.prefix_tree import MOST_CELLS, PrefixTree, hidden_through_tree, prefix_tree, tree_pays, tree_shareable
+from posttrain.prefix_tree import MOST_CELLS, MOST_NODES, PrefixTree, hidden_through_tree, prefix_tree, tree_pays, tree_shareable
 
 # logits held at once: rows per chunk = this // vocabulary size (128 MiB in fp32); `posttrain plan` counts them too
 CHUNK_ELEMENTS = LEAN_CHUNK_ELEMENTS
@@ -139,15 +139,18 @@ def _plain_rows(args: tuple, kwargs: dict) -> bool:
 def _tree(model, kwargs: dict, shared: SharedPrompts | None) -> PrefixTree | None:
     """The batch as a prefix tree (posttrain.prefix_tree), when its one packed pass is cheaper than whole rows, or
     than the shared prefix's pass and the rows' rest (``shared``), and gives the same numbers: no active dropout,
-    which would draw one mask for a shared token of every row where whole rows draw one each. One pass however
-    the rows are shared, so gradient checkpointing and several processes (each its own tree) run it alike."""
+    which would draw one mask for a shared token of every row where whole rows draw one each, and no gradient
+    checkpointing, whose recomputation would pick the attention kernel afresh (posttrain.attention switches it
+    by the width of other calls) for a mask built for this one. One pass however the rows are shared, so several
+    processes (each its own tree) run it alike."""
     ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
     if ids.numel() > MOST_CELLS or not tree_shareable(model.config, ids.shape[1]):
         return None
     tree = prefix_tree(ids, mask)
-    if tree is None or not tree_pays(tree, *ids.shape, model.config, shared.context if shared is not None else 0):
+    if (tree is None or tree.nodes > MOST_NODES
+            or not tree_pays(tree, *ids.shape, model.config, shared.context if shared is not None else 0)):
         return None
-    return None if model.training and _dropout_active(model) else tree
+    return None if _checkpointing(model) or (model.training and _dropout_active(model)) else tree
 
 
 def _shared_prefix(model, kwargs: dict) -> SharedPrompts | None:
@@ -211,7 +214,7 @@ def use_lean_lm_head(model, outputs: tuple[str, ...] = LEAN_OUTPUTS) -> bool:
         shared = _shared_prefix(self, kwargs) if plain else None
         tree = _tree(self, kwargs, shared) if plain else None
         if tree is not None:
-            hidden = hidden_through_tree(self.base_model, tree, recomputed=_checkpointing(self))[:, :-1]
+            hidden = hidden_through_tree(self.base_model, tree)[:, :-1]
         elif shared is not None:
             hidden = hidden_sharing_prompts(self.base_model, kwargs["input_ids"], kwargs["attention_mask"],
                                             shared)[:, :-1]

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-LEAST_SAVED_SHARE = 0.1  # the tree runs only when its estimated cost is at most 90% of the whole rows'
-MOST_CELLS = 8192
+LEAST_SAVED_SHARE = 0.1  # the tree runs only when its estimated cost is at most 90% of the pass it replaces
+MOST_CELLS = 8192  # batches of more (rows x columns) cells are not examined
+MOST_NODES = 512  # larger trees are not run: their dense (heads, nodes, nodes) scores grow past a few MiB a layer
 ATTENTION_WEIGHT = 3  # see pass_cost
-PLAIN_PRODUCTS_NODES = 512  # trees up to this many nodes run attention as plain products on a CPU (_plain_products)  # batches of more (rows x columns) cells are not examined: too long for a dense mask anyway
 
 
 @dataclass
@@ -45,14 +45,14 @@ class PrefixTree:
 
 
 def prefix_tree(input_ids: Tensor, attention_mask: Tensor) -> PrefixTree | None:
-    """The batch's prefix tree, or None when a row's tokens are not one run (the mask has a hole)."""
+    """The batch's prefix tree, or None unless every row's tokens are one run from its first column (right
+    padding, as TRL's collators pad)."""
     rows, columns = input_ids.shape
     lengths = attention_mask.sum(1)
-    starts = attention_mask.long().argmax(1)
-    ends = starts + lengths
     span = torch.arange(columns, device=attention_mask.device)[None, :]
-    if not torch.equal(attention_mask.bool(), (span >= starts[:, None]) & (span < ends[:, None])):
-        return None
+    if not torch.equal(attention_mask.bool(), span < lengths[:, None]) or not int(lengths.max()):
+        return None  # left padding (positions would not be the columns'), a hole, or nothing at all
+    starts = torch.zeros_like(lengths)
     ids, first, count = input_ids.tolist(), starts.tolist(), lengths.tolist()
     children: dict[tuple[int, int], int] = {}
     tokens, parents, depths = [], [], []
@@ -113,21 +113,28 @@ def tree_attention_mask(tree: PrefixTree, attention: str) -> Tensor:
 
 
 def tree_shareable(config, longest: int) -> bool:
-    """Whether every layer attends with a mask transformers hands to the kernel unchanged: sdpa or eager attention,
-    and no sliding window shorter than the longest row (one mask serves every layer)."""
+    """Whether the model reads a token's place from its position alone, attends causally, and takes the mask
+    transformers hands to the kernel unchanged: sdpa or eager attention, no ALiBi (whose bias follows the key's
+    column: Bloom, MPT, Falcon with alibi), no bidirectional or chunked attention, and no sliding window shorter
+    than the longest row (one mask serves every layer)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
+    attn_config = getattr(text, "attn_config", None)
+    if (text.model_type in ("bloom", "mpt") or getattr(text, "alibi", False) or getattr(attn_config, "alibi", False)
+            or getattr(text, "use_bidirectional_attention", None) or getattr(text, "is_causal", True) is False):
+        return False
+    chunk = getattr(text, "attention_chunk_size", None)
     window = getattr(text, "sliding_window", None)
-    return not window or longest <= window
+    return not (chunk and longest > chunk) and not (window and longest > window)
 
 
-def hidden_through_tree(body, tree: PrefixTree, recomputed: bool = False) -> Tensor:
+def hidden_through_tree(body, tree: PrefixTree) -> Tensor:
     """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree.
-    ``recomputed``: gradient checkpointing is on (its backward reruns layers outside this call, which must pick
-    the attention kernel this call picked: sdpa's own choice)."""
+    The pass never runs under gradient checkpointing (posttrain.lm_head): its recomputation would read the
+    attention kernel afresh, and the mask built here is for the kernel of this call."""
     mask = tree_attention_mask(tree, body.config._attn_implementation)
-    with contextlib.nullcontext() if recomputed else _plain_products(tree):
+    with _plain_products(tree):
         out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
     return out.last_hidden_state[0][tree.node_of]
 
@@ -135,10 +142,7 @@ def hidden_through_tree(body, tree: PrefixTree, recomputed: bool = False) -> Ten
 def _plain_products(tree: PrefixTree):
     """On a CPU, sdpa as plain products (softmax(QK^T + mask) V): for a masked row of a few hundred tokens its
     flash kernel's backward took 5.4 ms a layer where the products take 1.4 (bf16, one thread; the whole step
-    1.04 s against 1.28 for whole rows with the flash kernel, 2026-12-07). They keep (heads, nodes, nodes) scores
-    a layer, so only short trees use them."""
+    1.04 s against 1.28 for whole rows with the flash kernel, 2026-12-07). Trees are at most MOST_NODES long."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if tree.ids.device.type != "cpu" or tree.nodes > PLAIN_PRODUCTS_NODES:
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.MATH]) if tree.ids.device.type == "cpu" else contextlib.nullcontext()

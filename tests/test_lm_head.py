@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posttrain import lm_head
+from posttrain import generation, lm_head, prefix_tree
 from posttrain.lm_head import CompactLogProbs, use_lean_lm_head
 
 
@@ -141,12 +141,26 @@ def test_the_lean_head_runs_each_token_rows_share_once_with_the_same_numbers(trl
     # with the positions TRL's SFT collator can pass (return_position_ids)
     _assert_same(_fields_and_grads(model, ids, attention, labels,
                                    position_ids=torch.arange(ids.shape[1]).repeat(4, 1) * attention), want)
+    # a row twice, and a row that is another's beginning: their tokens run once, and their gradients add up
+    twice = torch.cat([ids[:3], ids[:1]])
+    twice_attention = torch.cat([attention[:3], attention[:1]])
+    twice_attention[2, 30:] = 0  # row 2 is now the system prompt alone, the beginning of every other row
+    twice_labels = twice.masked_fill(twice_attention == 0, -100)
+    hook.remove()
+    with monkeypatch.context() as whole_rows:  # the lean head on whole rows (TRL's numbers, tested above)
+        whole_rows.setattr(prefix_tree, "LEAST_SAVED_SHARE", 2.0)
+        whole_rows.setattr(generation, "LEAST_SAVED_TOKENS", 10**9)
+        want_twice = _fields_and_grads(model, twice, twice_attention, twice_labels)
+    seen_twice, hook = _body_inputs(model)
+    _assert_same(_fields_and_grads(model, twice, twice_attention, twice_labels), want_twice)
+    # gradient checkpointing: whole rows (its recomputation would pick the attention kernel afresh)
     model.get_base_model().gradient_checkpointing_enable()
     model.train()
     _assert_same(_fields_and_grads(model, ids, attention, labels), want)
     hook.remove()
     # 30 system tokens, 2 prompts of 10, then the answers: 7, 1 + 4 (one shared token, 2 padded), 3, 7
-    assert seen == [(1, 30 + 20 + 7 + 4 + 3 + 7)] * 3
+    assert seen == [(1, 30 + 20 + 7 + 4 + 3 + 7)] * 2
+    assert seen_twice == [(1, 30 + 10 + 7 + 4), (4, 47)]
 
 
 def test_the_lean_head_runs_a_shared_prefix_once_where_the_packed_tree_would_not_pay(trl_patched):
@@ -226,3 +240,30 @@ def test_a_frozen_output_layers_cast_is_kept_until_the_weight_changes():
     del weight, first, changed  # the graphs of these kept it alive too
     gc.collect()
     assert not lm_head._CAST  # the weight's end drops its cast
+
+
+def test_a_batch_packs_as_a_prefix_tree_only_where_positions_are_depths_and_attention_is_causal(tiny_model_dir):
+    from transformers import AutoConfig
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 0], [5, 6, 7, 8]])
+    right = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
+    tree = prefix_tree.prefix_tree(ids, right)
+    assert tree.ids.tolist() == [[5, 6, 7, 8, 9]] and tree.positions.tolist() == [[0, 1, 2, 3, 2]]
+    assert tree.node_of.tolist() == [[0, 1, 2, 3], [0, 1, 4, 0], [0, 1, 2, 3]]
+    assert tree.allowed[4].tolist() == [True, True, False, False, True]  # 9 sees 5, 6 and itself, not 7 or 8
+    left = right.flip(1)  # left padding: a row's positions would not be its columns
+    assert prefix_tree.prefix_tree(ids, left) is None
+    assert prefix_tree.prefix_tree(ids, torch.zeros_like(ids)) is None
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config._attn_implementation = "sdpa"
+    assert prefix_tree.tree_shareable(config, 100)
+    for field, value in (("alibi", True), ("use_bidirectional_attention", True), ("attention_chunk_size", 64),
+                         ("sliding_window", 64)):
+        changed = AutoConfig.from_pretrained(tiny_model_dir)
+        changed._attn_implementation = "sdpa"
+        setattr(changed, field, value)
+        assert not prefix_tree.tree_shareable(changed, 100), field
+        assert prefix_tree.tree_shareable(changed, 64) == (field in ("attention_chunk_size", "sliding_window")), field
+    config._attn_implementation = "flash_attention_2"  # a kernel that reads no 4-D mask
+    assert not prefix_tree.tree_shareable(config, 100)
