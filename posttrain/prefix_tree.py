@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from posttrain.attention import attention_for
+
 LEAST_SAVED_SHARE = 0.1  # the tree runs only when its estimated cost is at most 90% of the pass it replaces
 MOST_CELLS = 8192  # batches of more (rows x columns) cells are not examined
 MOST_NODES = 512  # larger trees are not run: their dense (heads, nodes, nodes) scores grow past a few MiB a layer
@@ -133,9 +135,19 @@ def hidden_through_tree(body, tree: PrefixTree) -> Tensor:
     """The body's last hidden states of the batch's rows, (rows, columns, hidden), from one pass over the tree.
     The pass never runs under gradient checkpointing (posttrain.lm_head): its recomputation would read the
     attention kernel afresh, and the mask built here is for the kernel of this call."""
-    mask = tree_attention_mask(tree, body.config._attn_implementation)
-    with _plain_products(tree):
-        out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
+    current = body.config._attn_implementation
+    # the kernel posttrain.attention picks for rows this long (eager for short ones on a CPU), for this call only:
+    # its switch reads 2-D masks, and a later call's kernel must be the one it left
+    kernel = attention_for(tree.ids.device.type, tree.nodes, current)
+    mask = tree_attention_mask(tree, kernel)
+    if kernel != current:
+        body.set_attn_implementation(kernel)
+    try:
+        with _plain_products(tree):
+            out = body(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions, use_cache=False)
+    finally:
+        if kernel != current:
+            body.set_attn_implementation(current)
     return out.last_hidden_state[0][tree.node_of]
 
 
