@@ -6,7 +6,8 @@ is packed into one row of its distinct prefix-tree nodes (each row's token is th
 predecessor's node by that token), at positions equal to their depth, and attends through a mask that lets each
 node see its ancestors only. Each row's hidden states are then gathered back from its nodes. That is the pass over
 whole rows up to the order of sums (no padding, and every repeated beginning run once), in one call of the body,
-with its gradients, under gradient checkpointing or several processes alike.
+with its gradients; several processes (each its own tree) run it alike. It never runs under gradient
+checkpointing (see hidden_through_tree).
 
 The packed row attends densely (nodes x nodes), so it pays only while the batch is short: `tree_pays` weighs the
 saved tokens' products against the extra attention, and against running only the prefix every row shares once
@@ -54,30 +55,28 @@ def prefix_tree(input_ids: Tensor, attention_mask: Tensor) -> PrefixTree | None:
     span = torch.arange(columns, device=attention_mask.device)[None, :]
     if not torch.equal(attention_mask.bool(), span < lengths[:, None]) or not int(lengths.max()):
         return None  # left padding (positions would not be the columns'), a hole, or nothing at all
-    starts = torch.zeros_like(lengths)
-    ids, first, count = input_ids.tolist(), starts.tolist(), lengths.tolist()
+    ids, count = input_ids.tolist(), lengths.tolist()
     children: dict[tuple[int, int], int] = {}
     tokens, parents, depths = [], [], []
     node_of = [[0] * columns for _ in range(rows)]
     for r in range(rows):
         parent = -1
-        for depth in range(count[r]):
-            column = first[r] + depth
-            key = (parent, ids[r][column])
+        for depth in range(count[r]):  # right padding: a token's column is its depth
+            key = (parent, ids[r][depth])
             node = children.get(key)
             if node is None:
                 node = children[key] = len(tokens)
                 tokens.append(key[1])
                 parents.append(parent)
                 depths.append(depth)
-            node_of[r][column] = node
+            node_of[r][depth] = node
             parent = node
     device = input_ids.device
-    nodes = len(tokens)
+    nodes = len(tokens)  # at least 1: some row has a token
     parent_of = torch.tensor(parents, device=device)
     depth_of = torch.tensor(depths, device=device)
     allowed = torch.zeros(nodes, nodes, dtype=torch.bool, device=device)
-    for depth in range(int(depth_of.max()) + 1 if nodes else 0):  # each level copies its parents' rows
+    for depth in range(int(depth_of.max()) + 1):  # each level copies its parents' rows
         level = (depth_of == depth).nonzero().squeeze(1)
         if depth:
             allowed[level] = allowed[parent_of[level]]
